@@ -1,0 +1,39 @@
+"""gradfix: corrects known gradient-accumulation and loss-reduction bugs of pinned
+DeepSpeed, OpenRLHF, TRL/transformers and LLaMA-Factory releases, in place.
+
+``import gradfix`` activates every applicable patch (unless ``GRADFIX=0``). Patches
+are applied lazily, when the framework module they fix is imported.
+"""
+
+import os as _os
+import sys as _sys
+
+from ._version import __version__
+from .engine import GradfixStrictError, UnknownPatchError, activate, deactivate, revert, status
+from .gates import CodeVerdict, Probe
+from .registry import PatchStatus, State
+
+__all__ = [
+    "GradfixStrictError",
+    "PatchStatus",
+    "State",
+    "UnknownPatchError",
+    "__version__",
+    "activate",
+    "deactivate",
+    "revert",
+    "status",
+]
+
+
+def _started_as_cli() -> bool:
+    """The gradfix command line activates only where a command asks for it."""
+    argv = getattr(_sys, "argv", None) or [""]
+    if _os.path.basename(argv[0]) in ("gradfix", "gradfix.exe"):  # the console script
+        return True
+    orig_argv = getattr(_sys, "orig_argv", ())  # Python 3.10+: sees `python -m gradfix`
+    return any(a == "-m" and b in ("gradfix", "gradfix.cli") for a, b in zip(orig_argv, orig_argv[1:]))
+
+
+if not _started_as_cli():
+    activate()

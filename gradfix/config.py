@@ -1,0 +1,120 @@
+"""Every GRADFIX_* environment variable, parsed in one place.
+
+Bad values never raise: each produces a warning that names the variable, the bad
+value and the valid ones, and the variable falls back to its default.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Mapping, Optional, Tuple
+
+TRUE_VALUES = ("1", "true", "yes", "on")
+FALSE_VALUES = ("0", "false", "no", "off")
+LOG_LEVELS = ("quiet", "info", "debug")
+DISABLE_ALL = "*"
+
+ENV_SWITCH = "GRADFIX"
+ENV_DISABLE = "GRADFIX_DISABLE"
+ENV_STRICT = "GRADFIX_STRICT"
+ENV_LOG = "GRADFIX_LOG"
+ENV_CATALOG_PATH = "GRADFIX_CATALOG_PATH"
+
+#: name -> one-line description; the README and `gradfix doctor` show these.
+ENVIRONMENT_VARIABLES = {
+    ENV_SWITCH: "1: activate gradfix in every Python process (start-up bootstrap); "
+    "0: disable gradfix even where it is imported; unset: active only where imported.",
+    ENV_DISABLE: "Comma-separated patch ids to leave alone, or * for all.",
+    ENV_STRICT: "1: raise GradfixStrictError when a patch is UNSUPPORTED or FAILED, "
+    "and end the process if the bootstrap cannot start.",
+    ENV_LOG: "quiet (warnings only), info (default: one summary line on rank 0) or "
+    "debug (every event, every rank).",
+    ENV_CATALOG_PATH: "Extra catalog folders of patches/*.toml files, separated by the "
+    "path separator; for out-of-tree patches and tests.",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The parsed environment. ``switch`` is True (on), False (off) or None (unset)."""
+
+    switch: Optional[bool] = None
+    disabled: Tuple[str, ...] = ()
+    disable_all: bool = False
+    strict: bool = False
+    log_level: str = "info"
+    catalog_path: Tuple[str, ...] = ()
+    problems: Tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def killed(self) -> bool:
+        """GRADFIX=0: gradfix does nothing, even when imported or activated."""
+        return self.switch is False
+
+    def is_disabled(self, patch_id: str) -> bool:
+        return self.disable_all or patch_id in self.disabled
+
+
+def _bool(name: str, raw: str, problems: list) -> Optional[bool]:
+    value = raw.strip().lower()
+    if not value:
+        return None
+    if value in TRUE_VALUES:
+        return True
+    if value in FALSE_VALUES:
+        return False
+    problems.append(
+        f"{name}={raw!r} is not a valid value; use one of {', '.join(TRUE_VALUES)} "
+        f"(on) or {', '.join(FALSE_VALUES)} (off). Ignoring it."
+    )
+    return None
+
+
+def parse(environ: Mapping[str, str]) -> Settings:
+    """Parse the GRADFIX_* variables of ``environ``; problems are collected, not raised."""
+    problems: list = []
+    switch = _bool(ENV_SWITCH, environ.get(ENV_SWITCH, ""), problems)
+    strict = bool(_bool(ENV_STRICT, environ.get(ENV_STRICT, ""), problems))
+
+    log_raw = environ.get(ENV_LOG, "")
+    log_level = log_raw.strip().lower() or "info"
+    if log_level not in LOG_LEVELS:
+        problems.append(
+            f"{ENV_LOG}={log_raw!r} is not a valid level; use one of {', '.join(LOG_LEVELS)}. "
+            "Using info."
+        )
+        log_level = "info"
+
+    items = [item.strip() for item in environ.get(ENV_DISABLE, "").split(",")]
+    items = [item for item in items if item]
+    disable_all = DISABLE_ALL in items or "all" in (item.lower() for item in items)
+    disabled = tuple(item for item in items if item != DISABLE_ALL and item.lower() != "all")
+
+    catalog_path = tuple(p for p in environ.get(ENV_CATALOG_PATH, "").split(os.pathsep) if p)
+
+    return Settings(
+        switch=switch,
+        disabled=disabled,
+        disable_all=disable_all,
+        strict=strict,
+        log_level=log_level,
+        catalog_path=catalog_path,
+        problems=tuple(problems),
+    )
+
+
+def unknown_ids_problem(settings: Settings, known_ids) -> Optional[str]:
+    """A warning for GRADFIX_DISABLE entries that name no catalog patch, or None."""
+    unknown = [patch_id for patch_id in settings.disabled if patch_id not in known_ids]
+    if not unknown:
+        return None
+    valid = ", ".join(sorted(known_ids)) or "(the catalog is empty)"
+    return (
+        f"{ENV_DISABLE} names unknown patch id(s) {', '.join(map(repr, unknown))}; "
+        f"valid ids: {valid}, or * for all. `gradfix list` shows them."
+    )
+
+
+def current() -> Settings:
+    return parse(os.environ)

@@ -1,0 +1,276 @@
+"""Activation: evaluate each catalog entry, arm a post-import hook, gate, apply.
+
+Flow for one patch: disabled? -> version gate -> load the fix module -> ARMED
+-> (target imported) -> code probe -> apply -> APPLIED. Any error becomes a
+state with a reason; nothing raises into the user's program unless strict mode
+asked for it (GradfixStrictError).
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import importlib
+import importlib.metadata
+import importlib.util
+import sys
+from types import ModuleType
+from typing import List, Optional
+
+from . import catalog as catalog_module
+from . import config, hooks, implementation, report
+from .gates import CodeVerdict, Probe, VersionVerdict, plausibly_affected, version_gate
+from .patcher import Patcher, PatchError
+from .registry import PatchRecord, PatchStatus, Registry, State
+
+
+class GradfixStrictError(RuntimeError):
+    """Raised under GRADFIX_STRICT=1 when a patch is UNSUPPORTED or FAILED."""
+
+
+class UnknownPatchError(KeyError):
+    """A patch id that is not in the catalog."""
+
+    def __str__(self) -> str:  # KeyError would print only the repr of its argument
+        return str(self.args[0])
+
+
+REGISTRY = Registry()
+_settings = config.Settings()
+_warned: set = set()
+_atexit_registered = False
+_TROUBLE = (State.UNSUPPORTED, State.FAILED)
+
+
+def installed_version(distribution: str) -> Optional[str]:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        report.warning(f"gradfix: {message}")
+
+
+def _strict_error(statuses: List[PatchStatus]) -> GradfixStrictError:
+    lines = [f"{s.id} is {s.state.value}: {s.reason}" for s in statuses]
+    return GradfixStrictError(
+        "GRADFIX_STRICT=1 and " + "; ".join(lines)
+        + ". Unset GRADFIX_STRICT to continue without these patches, or disable them "
+        "with GRADFIX_DISABLE."
+    )
+
+
+def activate() -> List[PatchStatus]:
+    """Evaluate every catalog entry and arm or apply its patch; returns status()."""
+    global _settings, _atexit_registered
+    settings = _settings = config.current()
+    report.configure(settings.log_level)
+    for problem in settings.problems:
+        _warn_once(problem)
+    catalog = catalog_module.load(settings.catalog_path)
+    for problem in catalog.problems:
+        _warn_once(f"catalog entry skipped: {problem}")
+    unknown = config.unknown_ids_problem(settings, catalog.ids)
+    if unknown:
+        _warn_once(unknown)
+    if not _atexit_registered:
+        atexit.register(_at_exit)
+        _atexit_registered = True
+
+    with REGISTRY.lock:
+        for entry in catalog.entries:
+            _evaluate(REGISTRY.record_for(entry), settings)
+        statuses = REGISTRY.snapshot()
+    report.log_summary(statuses)
+    if settings.strict:
+        troubled = [s for s in statuses if s.state in _TROUBLE]
+        if catalog.problems:
+            raise GradfixStrictError(
+                "GRADFIX_STRICT=1 and the catalog has errors: "
+                + "; ".join(map(str, catalog.problems))
+            )
+        if troubled:
+            raise _strict_error(troubled)
+    return statuses
+
+
+def _version_gate(record, settings: config.Settings) -> bool:
+    """Decide what can be decided before the target is imported. Returns True when
+    the patch should be armed (``record.fix`` is then loaded), else sets the state."""
+    entry = record.entry
+    if settings.killed:
+        record.set(State.DISABLED, "GRADFIX=0")
+        return False
+    if settings.is_disabled(entry.id):
+        record.set(State.DISABLED, "disabled by GRADFIX_DISABLE")
+        return False
+    version = record.installed_version = installed_version(entry.package)
+    verdict = record.version_verdict = version_gate(version, entry.affected)
+    if verdict is VersionVerdict.UNAFFECTED:
+        record.set(
+            State.NOT_NEEDED,
+            f"{entry.package} {version} is outside the affected range {entry.affected}",
+        )
+        return False
+    try:
+        fix = record.fix = record.fix or implementation.load(entry.implementation)
+    except implementation.ImplementationError as exc:
+        record.set(State.FAILED, str(exc))
+        return False
+    if version is None and importlib.util.find_spec(fix.target.partition(".")[0]) is None:
+        record.set(State.NOT_NEEDED, f"{entry.package} is not installed")
+        return False
+    return True
+
+
+def _code_gate(record, module: ModuleType) -> Optional[str]:
+    """Probe the imported target. Returns the probe's detail when the code is the
+    known buggy code (apply the fix), else sets the record's state and returns None."""
+    entry, fix = record.entry, record.fix
+    package = f"{entry.package} {record.installed_version or '(no version metadata)'}"
+    try:
+        probe = fix.probe(module)
+    except Exception as exc:
+        probe = Probe(CodeVerdict.UNKNOWN, f"the code probe raised {type(exc).__name__}: {exc}")
+    if not isinstance(probe, Probe):
+        record.set(State.FAILED, f"{fix.module_name}.probe() returned {probe!r}, not a Probe")
+        return None
+    detail = f" ({probe.detail})" if probe.detail else ""
+    if probe.verdict is CodeVerdict.BUGGY:
+        return detail
+    if probe.verdict is CodeVerdict.FIXED:
+        record.set(State.NOT_NEEDED, f"{package}: the installed code already has the fix{detail}")
+    elif record.version_verdict is VersionVerdict.UNCERTAIN and not plausibly_affected(
+        record.installed_version, entry.affected
+    ):
+        record.set(State.NOT_NEEDED, f"{package} is outside the affected range "
+                   f"{entry.affected} and its code is not the known buggy code{detail}")
+    else:
+        record.set(State.UNSUPPORTED, f"{package} is not the known buggy code{detail}; "
+                   f"gradfix leaves it alone. Upgrading to {entry.package} "
+                   f">={entry.fixed_in} fixes the bug upstream")
+    return None
+
+
+def _evaluate(record, settings: config.Settings) -> None:
+    if record.state in (State.APPLIED, State.ARMED) or not _version_gate(record, settings):
+        return
+    target = record.fix.target
+    record.set(State.ARMED, f"waiting for {target} to be imported")
+    report.debug(f"gradfix: {record.entry.id} armed ({target})")
+    if not record.hook_registered:
+        record.hook_registered = True
+        hooks.when_imported(target, functools.partial(_on_target_imported, record.entry.id))
+    elif target in sys.modules:  # re-activated after a revert: the hook has fired already
+        _on_target_imported(record.entry.id, sys.modules[target])
+
+
+def _on_target_imported(patch_id: str, module: ModuleType) -> None:
+    """Post-import hook: gate the imported code and patch it. Never raises,
+    except GradfixStrictError under strict mode."""
+    try:
+        with REGISTRY.lock:
+            record = REGISTRY.get(patch_id)
+            if record is None or record.state is not State.ARMED:
+                return  # deactivated or disabled since the hook was armed
+            detail = _code_gate(record, module)
+            if detail is not None:
+                _apply(record, module, detail)
+            status = record.snapshot()
+            statuses = REGISTRY.snapshot()
+        report.debug(f"gradfix: {patch_id} {status.state.value}: {status.reason}")
+        report.log_summary(statuses)
+    except Exception as exc:  # a bug in gradfix itself must not break the import
+        report.warning(f"gradfix: internal error while handling {patch_id}: {exc!r}")
+        return
+    if _settings.strict and status.state in _TROUBLE:
+        raise _strict_error([status])
+
+
+def _apply(record, module: ModuleType, detail: str) -> None:
+    entry = record.entry
+    patcher = Patcher(entry.id)
+    try:
+        record.fix.apply(module, patcher)
+    except Exception as exc:
+        try:
+            patcher.revert()  # undo whatever part was installed
+        except PatchError:
+            pass
+        record.set(State.FAILED, f"applying the fix raised {type(exc).__name__}: {exc}")
+        return
+    record.patcher = patcher
+    version = record.installed_version or "(no version metadata)"
+    where = ", ".join(patcher.locations) or "nothing"
+    record.set(State.APPLIED, f"{entry.package} {version}: patched {where}{detail}")
+
+
+def assess(entry: catalog_module.CatalogEntry, settings: config.Settings) -> PatchStatus:
+    """What activation would do with ``entry`` in this environment, without
+    patching anything. Imports the target module to run the code probe."""
+    record = PatchRecord(entry)
+    if _version_gate(record, settings):
+        try:
+            module = importlib.import_module(record.fix.target)
+        except Exception as exc:
+            record.set(State.FAILED, f"cannot import {record.fix.target}: {type(exc).__name__}: {exc}")
+        else:
+            detail = _code_gate(record, module)
+            if detail is not None:
+                version = record.installed_version or "(no version metadata)"
+                record.set(State.ARMED, f"{entry.package} {version} has the bug; "
+                           f"gradfix fixes it when active{detail}")
+    return record.snapshot()
+
+
+def revert(patch_id: str) -> bool:
+    """Restore the original objects of an applied patch. Returns False, with a
+    warning, when the patch is not applied or something wrapped on top of it."""
+    with REGISTRY.lock:
+        record = REGISTRY.get(patch_id)
+        if record is None:
+            known = ", ".join(sorted(REGISTRY.ids())) or "(none: the catalog is empty)"
+            raise UnknownPatchError(
+                f"unknown patch id {patch_id!r}; known ids: {known}. `gradfix list` shows them."
+            )
+        if record.state is not State.APPLIED:
+            report.warning(f"gradfix: {patch_id} is {record.state.value}, not applied; nothing to revert")
+            return False
+        try:
+            record.patcher.revert()
+        except PatchError as exc:
+            report.warning(f"gradfix: not reverting {patch_id}: {exc}")
+            return False
+        record.set(State.REVERTED, "reverted by gradfix.revert()")
+    report.info(f"gradfix: reverted {patch_id}")
+    return True
+
+
+def deactivate() -> List[PatchStatus]:
+    """Revert every applied patch and disarm the pending ones."""
+    with REGISTRY.lock:
+        for record in REGISTRY.records():
+            if record.state is State.APPLIED:
+                revert(record.entry.id)
+            elif record.state is State.ARMED:
+                record.set(State.DISABLED, "deactivated by gradfix.deactivate()")
+        return REGISTRY.snapshot()
+
+
+def status() -> List[PatchStatus]:
+    return REGISTRY.snapshot()
+
+
+def _at_exit() -> None:
+    try:
+        statuses = REGISTRY.snapshot()
+        report.log_summary(statuses, final=True)
+        for s in statuses:
+            if s.state is State.APPLIED:
+                report.debug(f"gradfix: {s.id} corrected the buggy path {s.hits:,} times")
+    except Exception:
+        pass

@@ -1,0 +1,125 @@
+"""Install and remove wrappers where an attribute is defined, and count hits.
+
+A patch never replaces code: it wraps the original object with a wrapt
+``FunctionWrapper`` that remembers its patch id. Reverting puts the exact
+original object back, and refuses when someone else has wrapped on top since.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable, List, Tuple
+
+import wrapt
+
+
+class PatchError(RuntimeError):
+    """A patch could not be installed because the target is not where it should be."""
+
+
+class GradfixWrapper(wrapt.FunctionWrapper):
+    """The wrapper gradfix installs; carries the id of the patch that owns it."""
+
+    def __init__(self, wrapped, wrapper, patch_id: str):
+        super().__init__(wrapped, wrapper)
+        self._self_gradfix_patch_id = patch_id
+
+    @property
+    def gradfix_patch_id(self) -> str:
+        return self._self_gradfix_patch_id
+
+
+def _name(owner: Any) -> str:
+    return getattr(owner, "__qualname__", None) or getattr(owner, "__name__", repr(owner))
+
+
+@dataclass(frozen=True)
+class _Wrap:
+    owner: Any
+    name: str
+    original: Any
+    wrapper: GradfixWrapper
+
+    @property
+    def where(self) -> str:
+        return f"{getattr(self.owner, '__module__', '') or ''}.{_name(self.owner)}.{self.name}".lstrip(".")
+
+
+class Patcher:
+    """Handed to a fix's ``apply``: wraps attributes and counts buggy-path hits."""
+
+    def __init__(self, patch_id: str):
+        self.patch_id = patch_id
+        self.notes: List[str] = []
+        self._wraps: List[_Wrap] = []
+        self._hits = 0
+        self._hit_lock = threading.Lock()
+
+    # -- used by fixes -----------------------------------------------------
+    def wrap(self, owner: Any, name: str, wrapper: Callable) -> None:
+        """Wrap ``owner.name`` (a class or module that defines it) with ``wrapper``.
+
+        ``wrapper(wrapped, instance, args, kwargs)`` follows wrapt's convention.
+        """
+        namespace = vars(owner)
+        if name not in namespace:
+            raise PatchError(
+                f"{_name(owner)} does not define {name!r} itself; patch the class or "
+                "module where it is defined"
+            )
+        original = namespace[name]
+        if isinstance(original, GradfixWrapper) and original.gradfix_patch_id == self.patch_id:
+            return  # already wrapped by this patch
+        wrapped = GradfixWrapper(original, wrapper, self.patch_id)
+        setattr(owner, name, wrapped)
+        self._wraps.append(_Wrap(owner, name, original, wrapped))
+        if isinstance(owner, type):
+            self.notes += [
+                f"{_name(sub)} overrides {name} and is not patched"
+                for sub in _all_subclasses(owner)
+                if name in vars(sub)
+            ]
+
+    def hit(self, count: int = 1) -> None:
+        """Record that the patched code corrected the buggy path ``count`` times."""
+        with self._hit_lock:
+            self._hits += count
+
+    @property
+    def hits(self) -> int:
+        return self._hits
+
+    @property
+    def locations(self) -> Tuple[str, ...]:
+        return tuple(w.where for w in self._wraps)
+
+    # -- used by the engine -------------------------------------------------
+    def covered_elsewhere(self) -> List[str]:
+        """Wrappers that are no longer the object found at their location."""
+        return [w.where for w in self._wraps if vars(w.owner).get(w.name) is not w.wrapper]
+
+    def revert(self) -> None:
+        """Restore every original object; raises PatchError (and changes nothing)
+        when one of the wrappers is no longer in place."""
+        moved = self.covered_elsewhere()
+        if moved:
+            raise PatchError(
+                f"{', '.join(moved)} changed after gradfix patched it (something wrapped "
+                "or replaced it since); reverting would drop that change, so gradfix "
+                "leaves it in place"
+            )
+        for w in reversed(self._wraps):
+            setattr(w.owner, w.name, w.original)
+        self._wraps.clear()
+
+
+def _all_subclasses(cls: type) -> List[type]:
+    found: List[type] = []
+    stack = list(type.__subclasses__(cls))
+    while stack:
+        sub = stack.pop()
+        if sub not in found:
+            found.append(sub)
+            stack.extend(type.__subclasses__(sub))
+    return found

@@ -1,0 +1,59 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import toy
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class Result:
+    def __init__(self, proc: subprocess.CompletedProcess):
+        self.returncode = proc.returncode
+        self.stdout = proc.stdout
+        self.stderr = proc.stderr
+
+    def value(self, tag: str):
+        """The JSON printed on the line ``<tag> <json>``."""
+        for line in self.stdout.splitlines():
+            if line.startswith(tag + " "):
+                return json.loads(line[len(tag) + 1 :])
+        raise AssertionError(f"no {tag} line in stdout:\n{self.stdout}\nstderr:\n{self.stderr}")
+
+
+def clean_env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRADFIX") and k != "PYTHONPATH"}
+    env.update({k: v for k, v in extra.items() if v is not None})
+    return env
+
+
+@pytest.fixture
+def run_python(tmp_path):
+    """Run a Python snippet in a fresh interpreter with a gftoy release installed.
+
+    ``toy_release=(version, code)`` or None for no gftoy; ``catalogs`` are extra
+    catalog folders; ``env`` adds variables. Runs in tmp_path, so the checkout
+    is not importable by accident: the gradfix under test is the installed one.
+    """
+
+    def run(code, toy_release=("1.0", "buggy"), catalogs=(toy.CATALOG,), env=None, python=sys.executable):
+        paths = [str(toy.FIXTURES)]
+        if toy_release is not None:
+            paths.insert(0, str(toy.install(tmp_path / "toys", *toy_release)))
+        variables = clean_env(
+            PYTHONPATH=os.pathsep.join(paths),
+            GRADFIX_CATALOG_PATH=os.pathsep.join(map(str, catalogs)) or None,
+        )
+        variables.update(env or {})
+        variables = {k: v for k, v in variables.items() if v is not None}
+        proc = subprocess.run(
+            [python, "-c", code], cwd=tmp_path, env=variables, capture_output=True, text=True, timeout=120
+        )
+        return Result(proc)
+
+    (tmp_path / "toys").mkdir()
+    return run
