@@ -55,6 +55,12 @@ class CatalogEntry:
     since: Version
     path: Path
 
+    @property
+    def affected_text(self) -> str:
+        """The affected range with lower bounds first (SpecifierSet sorts alphabetically)."""
+        specs = sorted(map(str, self.affected), key=lambda s: (not s.startswith(">"), s))
+        return ",".join(specs)
+
 
 @dataclass(frozen=True)
 class CatalogProblem:

@@ -113,7 +113,7 @@ def _version_gate(record, settings: config.Settings) -> bool:
     if verdict is VersionVerdict.UNAFFECTED:
         record.set(
             State.NOT_NEEDED,
-            f"{entry.package} {version} is outside the affected range {entry.affected}",
+            f"{entry.package} {version} is outside the affected range {entry.affected_text}",
         )
         return False
     try:
@@ -121,7 +121,9 @@ def _version_gate(record, settings: config.Settings) -> bool:
     except implementation.ImplementationError as exc:
         record.set(State.FAILED, str(exc))
         return False
-    if version is None and importlib.util.find_spec(fix.target.partition(".")[0]) is None:
+    # No distribution metadata: a plain source checkout may still be importable.
+    record.package_present = version is not None or bool(importlib.util.find_spec(fix.target.partition(".")[0]))
+    if not record.package_present:
         record.set(State.NOT_NEEDED, f"{entry.package} is not installed")
         return False
     return True

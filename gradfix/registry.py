@@ -33,6 +33,7 @@ class PatchStatus:
     id: str
     package: str
     installed_version: Optional[str]
+    package_present: bool
     affected: str
     fixed_in: str
     state: State
@@ -55,6 +56,7 @@ class PatchRecord:
 
     entry: CatalogEntry
     installed_version: Optional[str] = None
+    package_present: bool = True
     state: Optional[State] = None
     reason: str = ""
     version_verdict: Optional[VersionVerdict] = None
@@ -73,7 +75,8 @@ class PatchRecord:
             id=self.entry.id,
             package=self.entry.package,
             installed_version=self.installed_version,
-            affected=str(self.entry.affected),
+            package_present=self.package_present,
+            affected=self.entry.affected_text,
             fixed_in=str(self.entry.fixed_in),
             state=self.state or State.ARMED,
             reason=self.reason,

@@ -1,0 +1,148 @@
+"""The ``gradfix`` command line (also ``python -m gradfix``).
+
+Exit codes: 0 all is well; 1 something needs attention (an UNSUPPORTED or FAILED
+patch, or a problem found by doctor); 2 usage error or catalog errors. ``run``
+replaces itself with the command, so its exit code is the command's (127 when
+the command cannot be found).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import List, Optional
+
+from . import config, doctor, engine
+from ._version import __version__
+from .registry import State
+from .verdicts import NEEDS_ATTENTION, assess_catalog
+
+OK, ATTENTION, USAGE = 0, 1, 2
+
+
+def _table(rows: List[List[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
+
+
+def cmd_list(args) -> int:
+    settings = config.current()
+    catalog, rows = assess_catalog(settings)
+    for problem in catalog.problems:
+        print(f"gradfix: catalog error: {problem}", file=sys.stderr)
+    if args.json:
+        print(json.dumps([
+            {
+                "id": entry.id,
+                "package": entry.package,
+                "affected": entry.affected_text,
+                "fixed_in": str(entry.fixed_in),
+                "installed_version": status.installed_version,
+                "verdict": verdict,
+                "reason": status.reason,
+                "summary": entry.summary,
+                "upstream": list(entry.upstream),
+            }
+            for entry, status, verdict in rows
+        ], indent=2))
+    elif not rows:
+        print("The catalog has no patches.")
+    else:
+        table = [["ID", "PACKAGE", "AFFECTED", "FIXED IN", "INSTALLED", "VERDICT"]]
+        table += [
+            [entry.id, entry.package, entry.affected_text, str(entry.fixed_in),
+             status.installed_version or "-", verdict]
+            for entry, status, verdict in rows
+        ]
+        print(_table(table))
+        for entry, status, verdict in rows:
+            if verdict in NEEDS_ATTENTION:
+                print(f"\n{entry.id}: {status.reason}")
+    if catalog.problems:
+        return USAGE
+    return ATTENTION if any(verdict in NEEDS_ATTENTION for _, _, verdict in rows) else OK
+
+
+def cmd_status(args) -> int:
+    statuses = engine.activate()
+    if args.json:
+        print(json.dumps([s.to_dict() for s in statuses], indent=2))
+    elif not statuses:
+        print(f"gradfix {__version__}: the catalog has no patches.")
+    else:
+        table = [["ID", "STATE", "HITS", "REASON"]]
+        table += [[s.id, s.state.value, str(s.hits), s.reason] for s in statuses]
+        print(_table(table))
+    return ATTENTION if any(s.state in (State.UNSUPPORTED, State.FAILED) for s in statuses) else OK
+
+
+def cmd_doctor(args) -> int:
+    return doctor.run(sys.stdout)
+
+
+def cmd_run(args) -> int:
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        print("gradfix run: give the command to run, e.g. `gradfix run -- torchrun train.py`",
+              file=sys.stderr)
+        return USAGE
+    env = dict(os.environ, GRADFIX="1")
+    if args.strict:
+        env["GRADFIX_STRICT"] = "1"
+    if args.log:
+        env["GRADFIX_LOG"] = args.log
+    if args.disable:
+        env["GRADFIX_DISABLE"] = args.disable
+    if not doctor.bootstrap_installed():
+        print("gradfix run: warning: the start-up file gradfix.pth is not installed for this "
+              "Python, so GRADFIX=1 may have no effect; see `gradfix doctor`.", file=sys.stderr)
+    try:
+        os.execvpe(command[0], command, env)
+    except OSError as exc:
+        print(f"gradfix run: cannot run {command[0]!r}: {exc.strerror}", file=sys.stderr)
+        return 127
+    return OK  # not reached
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gradfix",
+        description="Correct known gradient-accumulation and loss-reduction bugs of pinned "
+        "training-framework releases.",
+        epilog="Exit codes: 0 ok, 1 needs attention, 2 usage or catalog error; "
+        "`run` returns the command's own exit code.",
+    )
+    parser.add_argument("--version", action="version", version=f"gradfix {__version__}")
+    sub = parser.add_subparsers(dest="name", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("list", help="every catalog entry and its verdict for this environment")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("status", help="activate in this process and show the patch records")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("doctor", help="check the installation and say what matters here")
+    p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser("run", help="run a command with gradfix active in every Python process",
+                       usage="gradfix run [--strict] [--log LEVEL] [--disable IDS] -- COMMAND [ARGS...]")
+    p.add_argument("--strict", action="store_true", help="set GRADFIX_STRICT=1")
+    p.add_argument("--log", choices=config.LOG_LEVELS, help="set GRADFIX_LOG")
+    p.add_argument("--disable", metavar="IDS", help="set GRADFIX_DISABLE (comma-separated ids or *)")
+    p.add_argument("command", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_run)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
