@@ -150,7 +150,7 @@ def _code_gate(record, module: ModuleType) -> Optional[str]:
         record.installed_version, entry.affected
     ):
         record.set(State.NOT_NEEDED, f"{package} is outside the affected range "
-                   f"{entry.affected} and its code is not the known buggy code{detail}")
+                   f"{entry.affected_text} and its code is not the known buggy code{detail}")
     else:
         record.set(State.UNSUPPORTED, f"{package} is not the known buggy code{detail}; "
                    f"gradfix leaves it alone. Upgrading to {entry.package} "

@@ -16,9 +16,10 @@ A fix module defines, at top level and without importing its framework:
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Callable
+from typing import Callable, Iterable, List
 
 from .gates import Probe
 from .patcher import Patcher
@@ -49,3 +50,32 @@ def load(dotted: str) -> Fix:
         if not callable(getattr(module, name, None)):
             raise ImplementationError(f"{dotted} must define a function {name}()")
     return Fix(dotted, target, module.probe, module.apply)
+
+
+def fix_modules(package: str) -> List[str]:
+    """Dotted names of every fix module (non-package module) under ``package``."""
+    root = importlib.import_module(package)
+    return sorted(
+        info.name
+        for info in pkgutil.walk_packages(root.__path__, prefix=package + ".")
+        if not info.ispkg
+    )
+
+
+def coverage_problems(entries: Iterable, package: str = "gradfix.fixes") -> List[str]:
+    """Catalog entries whose implementation does not load, and fix modules under
+    ``package`` that no catalog entry names. Empty when the two match."""
+    problems = []
+    named = set()
+    for entry in entries:
+        named.add(entry.implementation)
+        try:
+            load(entry.implementation)
+        except ImplementationError as exc:
+            problems.append(f"{entry.path}: {exc}")
+    problems += [
+        f"{module} has no catalog entry (add patches/<id>.toml naming it)"
+        for module in fix_modules(package)
+        if module not in named
+    ]
+    return problems

@@ -1,3 +1,4 @@
+import ast
 import json
 import os
 import subprocess
@@ -7,6 +8,9 @@ from pathlib import Path
 import pytest
 
 import toy
+
+# The fixture fix modules (gftoy_fixes) are importable in-process too.
+sys.path.insert(0, str(toy.FIXTURES))
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -18,10 +22,14 @@ class Result:
         self.stderr = proc.stderr
 
     def value(self, tag: str):
-        """The JSON printed on the line ``<tag> <json>``."""
+        """The value printed on the line ``<tag> <value>``: JSON or a Python literal."""
         for line in self.stdout.splitlines():
             if line.startswith(tag + " "):
-                return json.loads(line[len(tag) + 1 :])
+                text = line[len(tag) + 1 :]
+                try:
+                    return json.loads(text)
+                except ValueError:
+                    return ast.literal_eval(text)
         raise AssertionError(f"no {tag} line in stdout:\n{self.stdout}\nstderr:\n{self.stderr}")
 
 

@@ -1,0 +1,125 @@
+from pathlib import Path
+
+import pytest
+
+import toy
+from gradfix import catalog, implementation
+
+VALID = {
+    "id": "demo-bug",
+    "package": "demo",
+    "affected": ">=1.0,<2.0",
+    "fixed_in": "2.0",
+    "summary": "s",
+    "trigger": "t",
+    "effect": "e",
+    "upstream": ["demo#1"],
+    "implementation": "gftoy_fixes.accumulate_drop",
+    "since": "0.1.0",
+}
+
+
+def _toml(data):
+    lines = []
+    for key, value in data.items():
+        if isinstance(value, list):
+            lines.append(f"{key} = [{', '.join(repr(v) for v in value)}]")
+        elif isinstance(value, str):
+            lines.append(f'{key} = "{value}"')
+        else:
+            lines.append(f"{key} = {value}")
+    return "\n".join(lines) + "\n"
+
+
+def write(folder: Path, data, name=None) -> Path:
+    path = folder / f"{name or data['id']}.toml"
+    path.write_text(_toml(data))
+    return path
+
+
+def test_valid_entry(tmp_path):
+    entry = catalog.load_file(write(tmp_path, VALID))
+    assert entry.id == "demo-bug" and entry.package == "demo"
+    assert entry.affected.contains("1.5") and not entry.affected.contains("2.0")
+    assert entry.affected_text == ">=1.0,<2.0"
+    assert str(entry.fixed_in) == "2.0" and entry.upstream == ("demo#1",)
+
+
+@pytest.mark.parametrize(
+    "change,field,words",
+    [
+        ({"affected": ">=1.0,<<2"}, "affected", "specifier"),
+        ({"affected": ""}, "affected", "empty"),
+        ({"fixed_in": "banana"}, "fixed_in", "PEP 440 version"),
+        ({"fixed_in": "1.5"}, "fixed_in", "inside the affected range"),
+        ({"upstream": []}, "upstream", "non-empty list"),
+        ({"upstream": "demo#1"}, "upstream", "must be a list"),
+        ({"implementation": "not a module"}, "implementation", "dotted module path"),
+        ({"package": "bad name!"}, "package", "distribution name"),
+        ({"id": "Demo_Bug"}, "id", "lowercase"),
+        ({"since": 1}, "since", "must be a str"),
+        ({"colour": "blue"}, "colour", "unknown field"),
+    ],
+)
+def test_invalid_field_is_named(tmp_path, change, field, words):
+    data = dict(VALID, **change)
+    path = write(tmp_path, data, name="demo-bug")
+    with pytest.raises(catalog.CatalogError) as info:
+        catalog.load_file(path)
+    assert info.value.problem.field == field
+    assert words in info.value.problem.message
+    assert str(path) in str(info.value) and repr(field) in str(info.value)
+
+
+def test_missing_field_and_id_mismatch(tmp_path):
+    data = dict(VALID)
+    del data["effect"]
+    with pytest.raises(catalog.CatalogError, match="'effect': missing"):
+        catalog.load_file(write(tmp_path, data))
+    with pytest.raises(catalog.CatalogError, match="must equal the file name 'other'"):
+        catalog.load_file(write(tmp_path, VALID, name="other"))
+
+
+def test_unreadable_toml(tmp_path):
+    path = tmp_path / "broken.toml"
+    path.write_text("id = \n")
+    with pytest.raises(catalog.CatalogError, match="cannot read"):
+        catalog.load_file(path)
+
+
+def test_load_skips_bad_files_and_duplicates(tmp_path):
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir(), second.mkdir()
+    write(first, VALID)
+    write(second, VALID)  # same id twice
+    write(first, dict(VALID, id="bad-one", affected="nonsense"))
+    loaded = catalog.load([str(first), str(second), str(tmp_path / "missing")], include_builtin=False)
+    assert loaded.ids == ("demo-bug",)
+    messages = [str(p) for p in loaded.problems]
+    assert any("bad-one.toml" in m and "'affected'" in m for m in messages)
+    assert any("already defined" in m for m in messages)
+    assert any("does not exist" in m for m in messages)
+
+
+def test_builtin_catalog_is_valid_and_matches_the_fix_modules():
+    builtin = catalog.load()
+    assert builtin.problems == ()
+    assert implementation.coverage_problems(builtin.entries, "gradfix.fixes") == []
+
+
+def test_fixture_catalog_matches_its_fix_modules():
+    fixtures = catalog.load([str(toy.CATALOG), str(toy.BROKEN_CATALOG)], include_builtin=False)
+    assert fixtures.problems == ()
+    assert sorted(fixtures.ids) == ["toy-accumulate-drop", "toy-broken-apply"]
+    assert implementation.coverage_problems(fixtures.entries, "gftoy_fixes") == []
+
+
+def test_coverage_check_finds_both_directions(tmp_path):
+    fixtures = catalog.load([str(toy.CATALOG)], include_builtin=False)
+    # broken_apply exists as a module but the catalog above does not name it.
+    assert implementation.coverage_problems(fixtures.entries, "gftoy_fixes") == [
+        "gftoy_fixes.broken_apply has no catalog entry (add patches/<id>.toml naming it)"
+    ]
+    ghost = catalog.load_file(write(tmp_path, dict(VALID, implementation="gftoy_fixes.ghost")))
+    problems = implementation.coverage_problems([ghost], "gftoy_fixes")
+    assert any("cannot import gftoy_fixes.ghost" in p for p in problems)

@@ -1,0 +1,111 @@
+import types
+
+import pytest
+import wrapt
+
+from gradfix.patcher import GradfixWrapper, Patcher, PatchError
+
+
+def make_class():
+    class Base:
+        def scale(self, x):
+            return x * 2
+
+        @staticmethod
+        def static(x):
+            return x + 1
+
+        @classmethod
+        def klass(cls, x):
+            return (cls.__name__, x)
+
+    class Child(Base):
+        pass
+
+    class Overrider(Base):
+        def scale(self, x):
+            return x * 3
+
+    return Base, Child, Overrider
+
+
+def add_ten(wrapped, instance, args, kwargs):
+    result = wrapped(*args, **kwargs)
+    return result + 10 if not isinstance(result, tuple) else result + ("wrapped",)
+
+
+def test_wrap_where_defined_reaches_subclasses_and_existing_objects():
+    Base, Child, Overrider = make_class()
+    existing = Child()
+    patcher = Patcher("demo")
+    patcher.wrap(Base, "scale", add_ten)
+    assert existing.scale(1) == 12 and Base().scale(1) == 12
+    assert Overrider().scale(1) == 3  # its own method is not ours to change ...
+    assert patcher.notes == ["make_class.<locals>.Overrider overrides scale and is not patched"]  # ... but it is reported
+    assert isinstance(vars(Base)["scale"], GradfixWrapper)
+    assert patcher.locations == (f"{__name__}.make_class.<locals>.Base.scale",)
+
+
+def test_wrap_static_and_class_methods_keep_binding():
+    Base, Child, _ = make_class()
+    patcher = Patcher("demo")
+    patcher.wrap(Base, "static", add_ten)
+    patcher.wrap(Base, "klass", add_ten)
+    assert Base.static(1) == 12 and Child().static(1) == 12
+    assert Child.klass(5) == ("Child", 5, "wrapped")
+
+
+def test_wrap_refuses_inherited_attribute():
+    _, Child, _ = make_class()
+    with pytest.raises(PatchError, match="does not define 'scale' itself"):
+        Patcher("demo").wrap(Child, "scale", add_ten)
+
+
+def test_wrapping_twice_wraps_once():
+    Base, _, _ = make_class()
+    patcher = Patcher("demo")
+    patcher.wrap(Base, "scale", add_ten)
+    patcher.wrap(Base, "scale", add_ten)
+    assert Base().scale(1) == 12
+    assert not isinstance(vars(Base)["scale"].__wrapped__, GradfixWrapper)
+
+
+def test_revert_restores_the_exact_originals():
+    Base, _, _ = make_class()
+    originals = {name: vars(Base)[name] for name in ("scale", "static", "klass")}
+    module = types.ModuleType("demo_module")
+    module.helper = lambda x: x
+    original_helper = module.helper
+    patcher = Patcher("demo")
+    for name in originals:
+        patcher.wrap(Base, name, add_ten)
+    patcher.wrap(module, "helper", add_ten)
+    assert module.helper(1) == 11
+    patcher.revert()
+    assert all(vars(Base)[name] is obj for name, obj in originals.items())
+    assert module.helper is original_helper
+
+
+def test_revert_refuses_when_something_wrapped_on_top():
+    Base, _, _ = make_class()
+    patcher = Patcher("demo")
+    patcher.wrap(Base, "scale", add_ten)
+    ours = vars(Base)["scale"]
+    wrapt.wrap_function_wrapper(Base, "scale", add_ten)  # another library wraps after us
+    theirs = vars(Base)["scale"]
+    with pytest.raises(PatchError, match="changed after gradfix patched it"):
+        patcher.revert()
+    assert vars(Base)["scale"] is theirs and theirs.__wrapped__ is ours  # nothing was dropped
+    assert Base().scale(1) == 22
+
+
+def test_hits_are_counted_across_threads():
+    import threading
+
+    patcher = Patcher("demo")
+    threads = [threading.Thread(target=lambda: [patcher.hit() for _ in range(1000)]) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert patcher.hits == 4000
