@@ -214,6 +214,9 @@ def _apply(record, module: ModuleType, detail: str) -> None:
 def assess(entry: catalog_module.CatalogEntry, settings: config.Settings) -> PatchStatus:
     """What activation would do with ``entry`` in this environment, without
     patching anything. Imports the target module to run the code probe."""
+    live = REGISTRY.get(entry.id)
+    if live is not None and live.state is State.APPLIED:
+        return live.snapshot()  # probing now would see gradfix's own wrapper
     record = PatchRecord(entry)
     if _version_gate(record, settings):
         try:

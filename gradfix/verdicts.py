@@ -18,7 +18,7 @@ NEEDS_ATTENTION = (UNSUPPORTED, ERROR)
 
 
 def verdict_of(status: PatchStatus) -> str:
-    if status.state is State.ARMED:  # engine.assess(): the code gate found the bug
+    if status.state in (State.ARMED, State.APPLIED):  # ARMED from assess(): the code gate found the bug
         return APPLIES
     if status.state is State.NOT_NEEDED:
         return NOT_NEEDED if status.package_present else PACKAGE_ABSENT

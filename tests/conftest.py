@@ -48,7 +48,8 @@ def run_python(tmp_path):
     is not importable by accident: the gradfix under test is the installed one.
     """
 
-    def run(code, toy_release=("1.0", "buggy"), catalogs=(toy.CATALOG,), env=None, python=sys.executable):
+    def run(code, toy_release=("1.0", "buggy"), catalogs=(toy.CATALOG,), env=None, argv=None):
+        """Run ``python -c code``, or ``python *argv`` when argv is given."""
         paths = [str(toy.FIXTURES)]
         if toy_release is not None:
             paths.insert(0, str(toy.install(tmp_path / "toys", *toy_release)))
@@ -59,7 +60,7 @@ def run_python(tmp_path):
         variables.update(env or {})
         variables = {k: v for k, v in variables.items() if v is not None}
         proc = subprocess.run(
-            [python, "-c", code], cwd=tmp_path, env=variables, capture_output=True, text=True, timeout=120
+            [sys.executable, *(argv or ["-c", code])], cwd=tmp_path, env=variables, capture_output=True, text=True, timeout=120
         )
         return Result(proc)
 

@@ -14,6 +14,7 @@ import sys
 TRUE_VALUES = ("1", "true", "yes", "on")
 FALSE_VALUES = ("0", "false", "no", "off")
 STRICT_EXIT_CODE = 78
+_started = False
 
 
 def _warn(message):
@@ -29,6 +30,10 @@ def _strict():
 
 def main():
     """Activate gradfix when GRADFIX asks for it; otherwise return at once."""
+    global _started
+    if _started:  # site.py may read the same .pth twice (lib and a lib64 symlink)
+        return
+    _started = True
     raw = os.environ.get("GRADFIX", "")
     value = raw.strip().lower()
     if value in FALSE_VALUES or not value:
