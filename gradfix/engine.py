@@ -212,11 +212,8 @@ def _apply(record, module: ModuleType, detail: str) -> None:
 
 
 def assess(entry: catalog_module.CatalogEntry, settings: config.Settings) -> PatchStatus:
-    """What activation would do with ``entry`` in this environment, without
-    patching anything. Imports the target module to run the code probe."""
-    live = REGISTRY.get(entry.id)
-    if live is not None and live.state is State.APPLIED:
-        return live.snapshot()  # probing now would see gradfix's own wrapper
+    """What activation would do with ``entry`` in this environment. Patches
+    nothing itself; imports the target module to run the code probe."""
     record = PatchRecord(entry)
     if _version_gate(record, settings):
         try:
@@ -224,6 +221,9 @@ def assess(entry: catalog_module.CatalogEntry, settings: config.Settings) -> Pat
         except Exception as exc:
             record.set(State.FAILED, f"cannot import {record.fix.target}: {type(exc).__name__}: {exc}")
         else:
+            live = REGISTRY.get(entry.id)  # the import may have fired this process's own hook
+            if live is not None and live.state is State.APPLIED:
+                return live.snapshot()  # probing now would only see gradfix's wrapper
             detail = _code_gate(record, module)
             if detail is not None:
                 version = record.installed_version or "(no version metadata)"

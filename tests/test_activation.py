@@ -3,6 +3,8 @@ the toy package gftoy (1.x buggy, 2.0 fixed) and the fixture patch."""
 
 import pytest
 
+from gradfix._version import __version__ as VERSION
+
 import toy
 from toy import PATCH_ID, WORKLOAD
 
@@ -42,7 +44,7 @@ def test_import_before_target(run_python, reference):
     assert record["state"] == "applied" and record["installed_version"] == "1.0"
     assert record["hits"] == 4  # two windows of four: micro-batches 2 and 3 of each restored
     assert record["locations"] == ["gftoy.accum.Accumulator.add"]
-    assert f"gradfix 0.1.0: applied: {PATCH_ID} (gftoy 1.0)" in result.stderr
+    assert f"gradfix {VERSION}: applied: {PATCH_ID} (gftoy 1.0)" in result.stderr
 
 
 def test_import_after_target_patches_at_once(run_python, reference):
@@ -77,7 +79,7 @@ def test_activating_twice_wraps_once(run_python, reference):
     assert result.value("RESULT") == reference
     assert result.value("NESTED") is False
     assert state(result)["state"] == "applied"
-    assert result.stderr.count("gradfix 0.1.0:") == 1  # one summary line per process
+    assert result.stderr.count(f"gradfix {VERSION}:") == 1  # one summary line per process
 
 
 @pytest.mark.parametrize(
@@ -247,14 +249,14 @@ def test_concurrent_activation_and_import_wrap_once(run_python, reference):
 @pytest.mark.parametrize("env,expected", [({"RANK": "1"}, False), ({"RANK": "0"}, True), ({"RANK": "3", "GRADFIX_LOG": "debug"}, True), ({"GRADFIX_LOG": "quiet"}, False)])
 def test_summary_only_on_rank_zero_unless_debug(run_python, env, expected):
     result = run_python("import gradfix\nimport gftoy.accum\n", env=env)
-    assert ("gradfix 0.1.0: applied" in result.stderr) is expected
+    assert (f"gradfix {VERSION}: applied" in result.stderr) is expected
 
 
 def test_summary_goes_to_the_applications_logging_once_configured(run_python):
     code = "import logging, sys\nlogging.basicConfig(stream=sys.stdout, format='APP %(name)s %(message)s')\nimport gradfix\nimport gftoy.accum\n"
     result = run_python(code)
-    assert f"APP gradfix gradfix 0.1.0: applied: {PATCH_ID}" in result.stdout
-    assert "gradfix 0.1.0" not in result.stderr  # not printed twice
+    assert f"APP gradfix gradfix {VERSION}: applied: {PATCH_ID}" in result.stdout
+    assert f"gradfix {VERSION}" not in result.stderr  # not printed twice
 
 
 def test_armed_but_never_imported_is_reported_at_exit(run_python):

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from gradfix._version import __version__ as VERSION
+
 import toy
 from conftest import REPO, clean_env
 
@@ -107,7 +109,7 @@ def _one_warning(proc):
     assert proc.returncode == 0
     lines = proc.stderr.splitlines()
     warnings = [line for line in lines if line.startswith("gradfix: ")]
-    summaries = [line for line in lines if line.startswith("gradfix 0.1.0: ")]
+    summaries = [line for line in lines if line.startswith(f"gradfix {VERSION}: ")]
     assert len(warnings) == 1 and len(warnings) + len(summaries) == len(lines), proc.stderr
     return warnings[0]
 
