@@ -3,28 +3,17 @@
 The built-in catalog is ``gradfix/_catalog`` in an installed wheel and
 ``patches/`` in a checkout (editable installs included). Every problem is reported
 with the file and the field it concerns; a bad file is skipped, never guessed at.
+
+Start-up speed: parsing TOML means importing tomllib, re and datetime, which
+would cost more than the rest of ``import gradfix``. So the built-in catalog is
+also compiled into ``gradfix/_catalog_index.py`` (``python -m gradfix._generate``),
+holding the validated entries and the exact text of each file they came from.
+The index is used only when every file still reads exactly as recorded;
+otherwise, and for extra folders, the TOML files are parsed and validated.
 """
 
-from __future__ import annotations
-
-import re
+import os
 import sys
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Iterable, List, Optional, Tuple
-
-from packaging.specifiers import InvalidSpecifier, SpecifierSet
-from packaging.version import InvalidVersion, Version
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on Python < 3.11 only
-    import tomli as tomllib
-
-_PACKAGE_DIR = Path(__file__).resolve().parent
-_ID_PATTERN = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
-_DIST_PATTERN = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$")
-_MODULE_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 #: field -> (type, description); the schema documented in patches/README.md.
 SCHEMA = {
@@ -39,57 +28,49 @@ SCHEMA = {
     "implementation": (str, "dotted module path of the fix"),
     "since": (str, "gradfix version that first shipped the patch"),
 }
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
-@dataclass(frozen=True)
 class CatalogEntry:
-    id: str
-    package: str
-    affected: SpecifierSet
-    fixed_in: Version
-    summary: str
-    trigger: str
-    effect: str
-    upstream: Tuple[str, ...]
-    implementation: str
-    since: Version
-    path: Path
+    """One validated catalog file. ``affected`` and ``fixed_in`` are parsed with
+    ``packaging`` on first use only."""
+
+    __slots__ = tuple(SCHEMA) + ("path", "_parsed")
+
+    def __init__(self, fields: dict, path: str):
+        for name in SCHEMA:
+            setattr(self, name, fields[name])
+        self.upstream = tuple(self.upstream)
+        self.path = path
+        self._parsed = None
+
+    def to_dict(self) -> dict:
+        data = {name: getattr(self, name) for name in SCHEMA}
+        data["upstream"] = list(self.upstream)
+        return data
 
     @property
-    def affected_text(self) -> str:
-        """The affected range with lower bounds first (SpecifierSet sorts alphabetically)."""
-        specs = sorted(map(str, self.affected), key=lambda s: (not s.startswith(">"), s))
-        return ",".join(specs)
+    def affected_set(self):
+        """The affected range as a ``packaging.specifiers.SpecifierSet``."""
+        if self._parsed is None:
+            from packaging.specifiers import SpecifierSet
+
+            self._parsed = SpecifierSet(self.affected)
+        return self._parsed
+
+    def __repr__(self) -> str:
+        return f"CatalogEntry({self.id!r}, {self.package} {self.affected})"
 
 
-@dataclass(frozen=True)
 class CatalogProblem:
-    path: Path
-    field: Optional[str]
-    message: str
+    def __init__(self, path: str, field, message: str):
+        self.path, self.field, self.message = path, field, message
 
     def __str__(self) -> str:
         where = f"field {self.field!r}: " if self.field else ""
         return f"{self.path}: {where}{self.message}"
 
-
-@dataclass(frozen=True)
-class Catalog:
-    entries: Tuple[CatalogEntry, ...]
-    problems: Tuple[CatalogProblem, ...]
-
-    @property
-    def ids(self) -> Tuple[str, ...]:
-        return tuple(entry.id for entry in self.entries)
-
-    def get(self, patch_id: str) -> Optional[CatalogEntry]:
-        return next((entry for entry in self.entries if entry.id == patch_id), None)
-
-
-def builtin_dir() -> Path:
-    """Where the built-in catalog lives for this install (wheel or checkout)."""
-    shipped = _PACKAGE_DIR / "_catalog"
-    return shipped if shipped.is_dir() else _PACKAGE_DIR.parent / "patches"
+    __repr__ = __str__
 
 
 class CatalogError(ValueError):
@@ -100,21 +81,53 @@ class CatalogError(ValueError):
         self.problem = problem
 
 
+class Catalog:
+    def __init__(self, entries, problems):
+        self.entries = tuple(entries)
+        self.problems = tuple(problems)
+
+    @property
+    def ids(self):
+        return tuple(entry.id for entry in self.entries)
+
+    def get(self, patch_id: str):
+        return next((entry for entry in self.entries if entry.id == patch_id), None)
+
+
+def builtin_dir() -> str:
+    """Where the built-in catalog lives for this install (wheel or checkout)."""
+    shipped = os.path.join(_PACKAGE_DIR, "_catalog")
+    return shipped if os.path.isdir(shipped) else os.path.join(os.path.dirname(_PACKAGE_DIR), "patches")
+
+
+# -- validation (TOML path) ---------------------------------------------------
+
 class _Problem(Exception):
-    def __init__(self, field: Optional[str], message: str):
+    def __init__(self, field, message: str):
         super().__init__(message)
-        self.field = field
-        self.message = message
+        self.field, self.message = field, message
 
 
 def _text(data: dict, name: str) -> str:
-    value = data[name]
-    if not value.strip():
+    value = data[name].strip()
+    if not value:
         raise _Problem(name, "must not be empty")
-    return value.strip()
+    return value
 
 
-def _parse_entry(path: Path, data: dict) -> CatalogEntry:
+def validate(path: str, data: dict) -> CatalogEntry:
+    """Check every field of one parsed catalog file; raises _Problem."""
+    import re
+
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+    from packaging.version import InvalidVersion, Version
+
+    def version(name):
+        try:
+            return Version(_text(data, name))
+        except InvalidVersion:
+            raise _Problem(name, f"{data[name]!r} is not a PEP 440 version") from None
+
     for name, (kind, description) in SCHEMA.items():
         if name not in data:
             raise _Problem(name, f"missing ({description})")
@@ -125,85 +138,103 @@ def _parse_entry(path: Path, data: dict) -> CatalogEntry:
         raise _Problem(unknown[0], f"unknown field; valid fields: {', '.join(SCHEMA)}")
 
     patch_id = _text(data, "id")
-    if not _ID_PATTERN.match(patch_id):
+    stem = os.path.basename(path)[: -len(".toml")]
+    if not re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", patch_id):
         raise _Problem("id", f"{patch_id!r} must be lowercase words joined by '-'")
-    if patch_id != path.stem:
-        raise _Problem("id", f"{patch_id!r} must equal the file name {path.stem!r}")
+    if patch_id != stem:
+        raise _Problem("id", f"{patch_id!r} must equal the file name {stem!r}")
     package = _text(data, "package")
-    if not _DIST_PATTERN.match(package):
+    if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?", package):
         raise _Problem("package", f"{package!r} is not a valid distribution name")
     try:
         affected = SpecifierSet(_text(data, "affected"))
     except InvalidSpecifier as exc:
         raise _Problem("affected", f"not a PEP 440 specifier set ({exc})") from None
-    if not str(affected):
-        raise _Problem("affected", "must not be empty")
-    fixed_in = _version(data, "fixed_in")
+    fixed_in = version("fixed_in")
     if affected.contains(fixed_in, prereleases=True):
         raise _Problem("fixed_in", f"{fixed_in} lies inside the affected range {affected}")
-    upstream = tuple(data["upstream"])
+    upstream = data["upstream"]
     if not upstream or not all(isinstance(ref, str) and ref.strip() for ref in upstream):
         raise _Problem("upstream", "must be a non-empty list of non-empty strings")
     implementation = _text(data, "implementation")
-    if not _MODULE_PATTERN.match(implementation):
+    if not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", implementation):
         raise _Problem("implementation", f"{implementation!r} is not a dotted module path")
-    return CatalogEntry(
-        id=patch_id,
-        package=package,
-        affected=affected,
-        fixed_in=fixed_in,
-        summary=_text(data, "summary"),
-        trigger=_text(data, "trigger"),
-        effect=_text(data, "effect"),
-        upstream=upstream,
-        implementation=implementation,
-        since=_version(data, "since"),
-        path=path,
-    )
+    # Lower bounds first: SpecifierSet's own str() sorts alphabetically ("<2.0,>=1.0").
+    specs = sorted(map(str, affected), key=lambda s: (not s.startswith(">"), s))
+    fields = {name: _text(data, name) if kind is str else data[name] for name, (kind, _) in SCHEMA.items()}
+    fields.update(affected=",".join(specs), fixed_in=str(fixed_in), since=str(version("since")),
+                  upstream=[ref.strip() for ref in upstream])
+    return CatalogEntry(fields, path)
 
 
-def _version(data: dict, name: str) -> Version:
-    try:
-        return Version(_text(data, name))
-    except InvalidVersion:
-        raise _Problem(name, f"{data[name]!r} is not a PEP 440 version") from None
+def _toml():
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - exercised on Python < 3.11 only
+        import tomli as tomllib
+    return tomllib
 
 
-def load_file(path: Path) -> CatalogEntry:
-    """Parse one catalog file; raises CatalogError naming the file and field."""
+def load_file(path: str) -> CatalogEntry:
+    """Parse and validate one catalog file; raises CatalogError naming the file and field."""
+    tomllib = _toml()
     try:
         with open(path, "rb") as handle:
             data = tomllib.load(handle)
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise CatalogError(CatalogProblem(path, None, f"cannot read: {exc}")) from None
     try:
-        return _parse_entry(path, data)
+        return validate(path, data)
     except _Problem as problem:
         raise CatalogError(CatalogProblem(path, problem.field, problem.message)) from None
+    except ImportError as exc:  # a broken install: packaging missing
+        raise CatalogError(CatalogProblem(path, None, f"cannot validate: {exc}")) from None
 
 
-def load(extra_dirs: Iterable[str] = (), include_builtin: bool = True) -> Catalog:
+# -- loading ------------------------------------------------------------------
+
+def _toml_files(directory: str):
+    return [os.path.join(directory, n) for n in sorted(os.listdir(directory)) if n.endswith(".toml")]
+
+
+def _from_index(directory: str, files):
+    """The index's entries if it describes exactly these files, else None."""
+    try:
+        from . import _catalog_index as index
+    except ImportError:
+        return None
+    if sorted(index.SOURCES) != [os.path.basename(f) for f in files]:
+        return None
+    for path in files:
+        with open(path, encoding="utf-8") as handle:
+            if handle.read() != index.SOURCES[os.path.basename(path)]:
+                return None
+    return [CatalogEntry(fields, os.path.join(directory, fields["id"] + ".toml")) for fields in index.ENTRIES]
+
+
+def load(extra_dirs=(), include_builtin: bool = True, use_index: bool = True) -> Catalog:
     """Load the built-in catalog plus ``extra_dirs``; bad files become problems."""
-    dirs: List[Path] = [builtin_dir()] if include_builtin else []
-    dirs += [Path(d) for d in extra_dirs]
-    entries: List[CatalogEntry] = []
-    problems: List[CatalogProblem] = []
-    seen = {}
-    for directory in dirs:
-        if not directory.is_dir():
+    dirs = [builtin_dir()] if include_builtin else []
+    dirs += list(extra_dirs)
+    entries, problems, seen = [], [], {}
+    for number, directory in enumerate(dirs):
+        if not os.path.isdir(directory):
             problems.append(CatalogProblem(directory, None, "catalog folder does not exist"))
             continue
-        for path in sorted(directory.glob("*.toml")):
-            try:
-                entry = load_file(path)
-            except CatalogError as exc:
-                problems.append(exc.problem)
-                continue
+        files = _toml_files(directory)
+        indexed = _from_index(directory, files) if (use_index and include_builtin and number == 0) else None
+        loaded = indexed
+        if loaded is None:
+            loaded = []
+            for path in files:
+                try:
+                    loaded.append(load_file(path))
+                except CatalogError as exc:
+                    problems.append(exc.problem)
+        for entry in loaded:
             if entry.id in seen:
-                problems.append(
-                    CatalogProblem(path, "id", f"{entry.id!r} is already defined in {seen[entry.id]}")
-                )
+                problems.append(CatalogProblem(entry.path, "id", f"{entry.id!r} is already defined in {seen[entry.id]}"))
                 continue
-            seen[entry.id] = path
+            seen[entry.id] = entry.path
             entries.append(entry)
-    return Catalog(tuple(entries), tuple(problems))
+    return Catalog(entries, problems)

@@ -37,8 +37,8 @@ def cmd_list(args) -> int:
             {
                 "id": entry.id,
                 "package": entry.package,
-                "affected": entry.affected_text,
-                "fixed_in": str(entry.fixed_in),
+                "affected": entry.affected,
+                "fixed_in": entry.fixed_in,
                 "installed_version": status.installed_version,
                 "verdict": verdict,
                 "reason": status.reason,
@@ -52,7 +52,7 @@ def cmd_list(args) -> int:
     else:
         table = [["ID", "PACKAGE", "AFFECTED", "FIXED IN", "INSTALLED", "VERDICT"]]
         table += [
-            [entry.id, entry.package, entry.affected_text, str(entry.fixed_in),
+            [entry.id, entry.package, entry.affected, entry.fixed_in,
              status.installed_version or "-", verdict]
             for entry, status, verdict in rows
         ]
@@ -73,7 +73,7 @@ def cmd_status(args) -> int:
         print(f"gradfix {__version__}: the catalog has no patches.")
     else:
         table = [["ID", "STATE", "HITS", "REASON"]]
-        table += [[s.id, s.state.value, str(s.hits), s.reason] for s in statuses]
+        table += [[s.id, s.state, str(s.hits), s.reason] for s in statuses]
         print(_table(table))
     return ATTENTION if any(s.state in (State.UNSUPPORTED, State.FAILED) for s in statuses) else OK
 

@@ -4,11 +4,7 @@ Bad values never raise: each produces a warning that names the variable, the bad
 value and the valid ones, and the variable falls back to its default.
 """
 
-from __future__ import annotations
-
 import os
-from dataclasses import dataclass, field
-from typing import Mapping, Optional, Tuple
 
 TRUE_VALUES = ("1", "true", "yes", "on")
 FALSE_VALUES = ("0", "false", "no", "off")
@@ -35,17 +31,20 @@ ENVIRONMENT_VARIABLES = {
 }
 
 
-@dataclass(frozen=True)
 class Settings:
     """The parsed environment. ``switch`` is True (on), False (off) or None (unset)."""
 
-    switch: Optional[bool] = None
-    disabled: Tuple[str, ...] = ()
-    disable_all: bool = False
-    strict: bool = False
-    log_level: str = "info"
-    catalog_path: Tuple[str, ...] = ()
-    problems: Tuple[str, ...] = field(default=(), compare=False)
+    __slots__ = ("switch", "disabled", "disable_all", "strict", "log_level", "catalog_path", "problems")
+
+    def __init__(self, switch=None, disabled=(), disable_all=False, strict=False, log_level="info",
+                 catalog_path=(), problems=()):
+        self.switch = switch
+        self.disabled = tuple(disabled)
+        self.disable_all = disable_all
+        self.strict = strict
+        self.log_level = log_level
+        self.catalog_path = tuple(catalog_path)
+        self.problems = tuple(problems)
 
     @property
     def killed(self) -> bool:
@@ -56,7 +55,7 @@ class Settings:
         return self.disable_all or patch_id in self.disabled
 
 
-def _bool(name: str, raw: str, problems: list) -> Optional[bool]:
+def _bool(name: str, raw: str, problems: list):
     value = raw.strip().lower()
     if not value:
         return None
@@ -71,7 +70,7 @@ def _bool(name: str, raw: str, problems: list) -> Optional[bool]:
     return None
 
 
-def parse(environ: Mapping[str, str]) -> Settings:
+def parse(environ) -> Settings:
     """Parse the GRADFIX_* variables of ``environ``; problems are collected, not raised."""
     problems: list = []
     switch = _bool(ENV_SWITCH, environ.get(ENV_SWITCH, ""), problems)
@@ -104,7 +103,7 @@ def parse(environ: Mapping[str, str]) -> Settings:
     )
 
 
-def unknown_ids_problem(settings: Settings, known_ids) -> Optional[str]:
+def unknown_ids_problem(settings: Settings, known_ids):
     """A warning for GRADFIX_DISABLE entries that name no catalog patch, or None."""
     unknown = [patch_id for patch_id in settings.disabled if patch_id not in known_ids]
     if not unknown:

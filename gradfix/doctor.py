@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import List, TextIO
 
 from . import catalog as catalog_module
-from . import config, engine
+from . import config
 from ._version import __version__
+from .versions import installed_versions
 from .verdicts import APPLIES, DISABLED, ERROR, PACKAGE_ABSENT, UNSUPPORTED, assess_catalog
 
 FRAMEWORKS = ("torch", "deepspeed", "openrlhf", "trl", "transformers", "accelerate", "llamafactory")
@@ -52,8 +53,8 @@ def run(out: TextIO) -> int:
     say(f"gradfix {__version__} at {Path(__file__).resolve().parent}")
     say(f"Python {sys.version.split()[0]} ({sys.executable})")
     say("\nPackages:")
-    for name in FRAMEWORKS + RUNTIME_DEPENDENCIES:
-        say(f"  {name:<14}{engine.installed_version(name) or 'not installed'}")
+    for name, version in installed_versions(FRAMEWORKS + RUNTIME_DEPENDENCIES).items():
+        say(f"  {name:<14}{version or 'not installed'}")
 
     settings = config.current()
     say("\nActivation:")

@@ -4,24 +4,20 @@ Flow for one patch: disabled? -> version gate -> load the fix module -> ARMED
 -> (target imported) -> code probe -> apply -> APPLIED. Any error becomes a
 state with a reason; nothing raises into the user's program unless strict mode
 asked for it (GradfixStrictError).
+
+Only the standard library's cheapest modules are imported here; packaging,
+wrapt and the fix modules are imported when a catalog package is installed.
 """
 
-from __future__ import annotations
-
 import atexit
-import functools
 import importlib
-import importlib.metadata
-import importlib.util
 import sys
-from types import ModuleType
-from typing import List, Optional
 
 from . import catalog as catalog_module
 from . import config, hooks, implementation, report
 from .gates import CodeVerdict, Probe, VersionVerdict, plausibly_affected, version_gate
-from .patcher import Patcher, PatchError
-from .registry import PatchRecord, PatchStatus, Registry, State
+from .registry import PatchRecord, Registry, State
+from .versions import installed_versions
 
 
 class GradfixStrictError(RuntimeError):
@@ -37,16 +33,9 @@ class UnknownPatchError(KeyError):
 
 REGISTRY = Registry()
 _settings = config.Settings()
-_warned: set = set()
+_warned = set()
 _atexit_registered = False
 _TROUBLE = (State.UNSUPPORTED, State.FAILED)
-
-
-def installed_version(distribution: str) -> Optional[str]:
-    try:
-        return importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 def _warn_once(message: str) -> None:
@@ -55,8 +44,8 @@ def _warn_once(message: str) -> None:
         report.warning(f"gradfix: {message}")
 
 
-def _strict_error(statuses: List[PatchStatus]) -> GradfixStrictError:
-    lines = [f"{s.id} is {s.state.value}: {s.reason}" for s in statuses]
+def _strict_error(statuses) -> GradfixStrictError:
+    lines = [f"{s.id} is {s.state}: {s.reason}" for s in statuses]
     return GradfixStrictError(
         "GRADFIX_STRICT=1 and " + "; ".join(lines)
         + ". Unset GRADFIX_STRICT to continue without these patches, or disable them "
@@ -64,7 +53,7 @@ def _strict_error(statuses: List[PatchStatus]) -> GradfixStrictError:
     )
 
 
-def activate() -> List[PatchStatus]:
+def activate():
     """Evaluate every catalog entry and arm or apply its patch; returns status()."""
     global _settings, _atexit_registered
     settings = _settings = config.current()
@@ -81,55 +70,87 @@ def activate() -> List[PatchStatus]:
         atexit.register(_at_exit)
         _atexit_registered = True
 
+    versions = installed_versions({entry.package for entry in catalog.entries})
     with REGISTRY.lock:
         for entry in catalog.entries:
-            _evaluate(REGISTRY.record_for(entry), settings)
+            record = REGISTRY.record_for(entry)
+            if record.state in (State.APPLIED, State.ARMED):
+                continue
+            record.installed_version = versions[entry.package]
+            try:
+                if _version_gate(record, settings):
+                    _arm(record)
+            except GradfixStrictError:
+                raise
+            except Exception as exc:  # e.g. a dependency missing from a broken install
+                record.set(State.FAILED, f"{type(exc).__name__}: {exc}")
         statuses = REGISTRY.snapshot()
     report.log_summary(statuses)
     if settings.strict:
-        troubled = [s for s in statuses if s.state in _TROUBLE]
         if catalog.problems:
             raise GradfixStrictError(
-                "GRADFIX_STRICT=1 and the catalog has errors: "
-                + "; ".join(map(str, catalog.problems))
+                "GRADFIX_STRICT=1 and the catalog has errors: " + "; ".join(map(str, catalog.problems))
             )
+        troubled = [s for s in statuses if s.state in _TROUBLE]
         if troubled:
             raise _strict_error(troubled)
     return statuses
 
 
-def _version_gate(record, settings: config.Settings) -> bool:
-    """Decide what can be decided before the target is imported. Returns True when
-    the patch should be armed (``record.fix`` is then loaded), else sets the state."""
-    entry = record.entry
+def _importable(module_name: str) -> bool:
+    """Whether a top-level module can be found, without importing it."""
+    if module_name in sys.modules:
+        return True
+    return any(
+        getattr(finder, "find_spec", None) and finder.find_spec(module_name, None) is not None
+        for finder in sys.meta_path
+    )
+
+
+def _version_gate(record, settings) -> bool:
+    """Decide what can be decided before the target is imported (``installed_version``
+    already set). Returns True when the patch should be armed (``record.fix`` is
+    then loaded); otherwise sets the state."""
+    entry, version = record.entry, record.installed_version
+    record.package_present = True
     if settings.killed:
         record.set(State.DISABLED, "GRADFIX=0")
         return False
     if settings.is_disabled(entry.id):
         record.set(State.DISABLED, "disabled by GRADFIX_DISABLE")
         return False
-    version = record.installed_version = installed_version(entry.package)
-    verdict = record.version_verdict = version_gate(version, entry.affected)
-    if verdict is VersionVerdict.UNAFFECTED:
-        record.set(
-            State.NOT_NEEDED,
-            f"{entry.package} {version} is outside the affected range {entry.affected_text}",
-        )
-        return False
+    if version is not None:
+        record.version_verdict = version_gate(version, entry.affected_set)
+        if record.version_verdict == VersionVerdict.UNAFFECTED:
+            record.set(State.NOT_NEEDED, f"{entry.package} {version} is outside the affected range {entry.affected}")
+            return False
     try:
         fix = record.fix = record.fix or implementation.load(entry.implementation)
     except implementation.ImplementationError as exc:
         record.set(State.FAILED, str(exc))
         return False
-    # No distribution metadata: a plain source checkout may still be importable.
-    record.package_present = version is not None or bool(importlib.util.find_spec(fix.target.partition(".")[0]))
-    if not record.package_present:
-        record.set(State.NOT_NEEDED, f"{entry.package} is not installed")
-        return False
+    if version is None:
+        # No distribution metadata: a plain source checkout may still be importable.
+        record.version_verdict = VersionVerdict.UNCERTAIN
+        record.package_present = _importable(fix.target.partition(".")[0])
+        if not record.package_present:
+            record.set(State.NOT_NEEDED, f"{entry.package} is not installed")
+            return False
     return True
 
 
-def _code_gate(record, module: ModuleType) -> Optional[str]:
+def _arm(record) -> None:
+    entry, target = record.entry, record.fix.target
+    record.set(State.ARMED, f"waiting for {target} to be imported")
+    report.debug(f"gradfix: {entry.id} armed ({target})")
+    if not record.hook_registered:
+        record.hook_registered = True
+        hooks.when_imported(target, lambda module: _on_target_imported(entry.id, module))
+    elif target in sys.modules:  # re-activated after a revert: the hook has fired already
+        _on_target_imported(entry.id, sys.modules[target])
+
+
+def _code_gate(record, module):
     """Probe the imported target. Returns the probe's detail when the code is the
     known buggy code (apply the fix), else sets the record's state and returns None."""
     entry, fix = record.entry, record.fix
@@ -142,15 +163,15 @@ def _code_gate(record, module: ModuleType) -> Optional[str]:
         record.set(State.FAILED, f"{fix.module_name}.probe() returned {probe!r}, not a Probe")
         return None
     detail = f" ({probe.detail})" if probe.detail else ""
-    if probe.verdict is CodeVerdict.BUGGY:
+    if probe.verdict == CodeVerdict.BUGGY:
         return detail
-    if probe.verdict is CodeVerdict.FIXED:
+    if probe.verdict == CodeVerdict.FIXED:
         record.set(State.NOT_NEEDED, f"{package}: the installed code already has the fix{detail}")
-    elif record.version_verdict is VersionVerdict.UNCERTAIN and not plausibly_affected(
-        record.installed_version, entry.affected
+    elif record.version_verdict == VersionVerdict.UNCERTAIN and not plausibly_affected(
+        record.installed_version, entry.affected_set
     ):
         record.set(State.NOT_NEEDED, f"{package} is outside the affected range "
-                   f"{entry.affected_text} and its code is not the known buggy code{detail}")
+                   f"{entry.affected} and its code is not the known buggy code{detail}")
     else:
         record.set(State.UNSUPPORTED, f"{package} is not the known buggy code{detail}; "
                    f"gradfix leaves it alone. Upgrading to {entry.package} "
@@ -158,33 +179,20 @@ def _code_gate(record, module: ModuleType) -> Optional[str]:
     return None
 
 
-def _evaluate(record, settings: config.Settings) -> None:
-    if record.state in (State.APPLIED, State.ARMED) or not _version_gate(record, settings):
-        return
-    target = record.fix.target
-    record.set(State.ARMED, f"waiting for {target} to be imported")
-    report.debug(f"gradfix: {record.entry.id} armed ({target})")
-    if not record.hook_registered:
-        record.hook_registered = True
-        hooks.when_imported(target, functools.partial(_on_target_imported, record.entry.id))
-    elif target in sys.modules:  # re-activated after a revert: the hook has fired already
-        _on_target_imported(record.entry.id, sys.modules[target])
-
-
-def _on_target_imported(patch_id: str, module: ModuleType) -> None:
+def _on_target_imported(patch_id: str, module) -> None:
     """Post-import hook: gate the imported code and patch it. Never raises,
     except GradfixStrictError under strict mode."""
     try:
         with REGISTRY.lock:
             record = REGISTRY.get(patch_id)
-            if record is None or record.state is not State.ARMED:
+            if record is None or record.state != State.ARMED:
                 return  # deactivated or disabled since the hook was armed
             detail = _code_gate(record, module)
             if detail is not None:
                 _apply(record, module, detail)
             status = record.snapshot()
             statuses = REGISTRY.snapshot()
-        report.debug(f"gradfix: {patch_id} {status.state.value}: {status.reason}")
+        report.debug(f"gradfix: {patch_id} {status.state}: {status.reason}")
         report.log_summary(statuses)
     except Exception as exc:  # a bug in gradfix itself must not break the import
         report.warning(f"gradfix: internal error while handling {patch_id}: {exc!r}")
@@ -193,8 +201,13 @@ def _on_target_imported(patch_id: str, module: ModuleType) -> None:
         raise _strict_error([status])
 
 
-def _apply(record, module: ModuleType, detail: str) -> None:
+def _apply(record, module, detail: str) -> None:
     entry = record.entry
+    try:
+        from .patcher import Patcher, PatchError
+    except ImportError as exc:
+        record.set(State.FAILED, f"cannot load gradfix's patcher ({exc}); reinstall gradfix")
+        return
     patcher = Patcher(entry.id)
     try:
         record.fix.apply(module, patcher)
@@ -211,10 +224,11 @@ def _apply(record, module: ModuleType, detail: str) -> None:
     record.set(State.APPLIED, f"{entry.package} {version}: patched {where}{detail}")
 
 
-def assess(entry: catalog_module.CatalogEntry, settings: config.Settings) -> PatchStatus:
+def assess(entry, settings):
     """What activation would do with ``entry`` in this environment. Patches
     nothing itself; imports the target module to run the code probe."""
     record = PatchRecord(entry)
+    record.installed_version = installed_versions([entry.package])[entry.package]
     if _version_gate(record, settings):
         try:
             module = importlib.import_module(record.fix.target)
@@ -222,7 +236,7 @@ def assess(entry: catalog_module.CatalogEntry, settings: config.Settings) -> Pat
             record.set(State.FAILED, f"cannot import {record.fix.target}: {type(exc).__name__}: {exc}")
         else:
             live = REGISTRY.get(entry.id)  # the import may have fired this process's own hook
-            if live is not None and live.state is State.APPLIED:
+            if live is not None and live.state == State.APPLIED:
                 return live.snapshot()  # probing now would only see gradfix's wrapper
             detail = _code_gate(record, module)
             if detail is not None:
@@ -235,6 +249,8 @@ def assess(entry: catalog_module.CatalogEntry, settings: config.Settings) -> Pat
 def revert(patch_id: str) -> bool:
     """Restore the original objects of an applied patch. Returns False, with a
     warning, when the patch is not applied or something wrapped on top of it."""
+    from .patcher import PatchError
+
     with REGISTRY.lock:
         record = REGISTRY.get(patch_id)
         if record is None:
@@ -242,8 +258,8 @@ def revert(patch_id: str) -> bool:
             raise UnknownPatchError(
                 f"unknown patch id {patch_id!r}; known ids: {known}. `gradfix list` shows them."
             )
-        if record.state is not State.APPLIED:
-            report.warning(f"gradfix: {patch_id} is {record.state.value}, not applied; nothing to revert")
+        if record.state != State.APPLIED:
+            report.warning(f"gradfix: {patch_id} is {record.state}, not applied; nothing to revert")
             return False
         try:
             record.patcher.revert()
@@ -255,18 +271,18 @@ def revert(patch_id: str) -> bool:
     return True
 
 
-def deactivate() -> List[PatchStatus]:
+def deactivate():
     """Revert every applied patch and disarm the pending ones."""
     with REGISTRY.lock:
         for record in REGISTRY.records():
-            if record.state is State.APPLIED:
+            if record.state == State.APPLIED:
                 revert(record.entry.id)
-            elif record.state is State.ARMED:
+            elif record.state == State.ARMED:
                 record.set(State.DISABLED, "deactivated by gradfix.deactivate()")
         return REGISTRY.snapshot()
 
 
-def status() -> List[PatchStatus]:
+def status():
     return REGISTRY.snapshot()
 
 
@@ -275,7 +291,7 @@ def _at_exit() -> None:
         statuses = REGISTRY.snapshot()
         report.log_summary(statuses, final=True)
         for s in statuses:
-            if s.state is State.APPLIED:
+            if s.state == State.APPLIED:
                 report.debug(f"gradfix: {s.id} corrected the buggy path {s.hits:,} times")
     except Exception:
         pass

@@ -13,28 +13,18 @@ A fix module defines, at top level and without importing its framework:
     ``patcher.hit()`` whenever the wrapper corrects the buggy path.
 """
 
-from __future__ import annotations
-
 import importlib
-import pkgutil
-from dataclasses import dataclass
-from types import ModuleType
-from typing import Callable, Iterable, List
-
-from .gates import Probe
-from .patcher import Patcher
 
 
 class ImplementationError(Exception):
     """A fix module that does not follow the contract above."""
 
 
-@dataclass(frozen=True)
 class Fix:
-    module_name: str
-    target: str
-    probe: Callable[[ModuleType], Probe]
-    apply: Callable[[ModuleType, Patcher], None]
+    __slots__ = ("module_name", "target", "probe", "apply")
+
+    def __init__(self, module_name, target, probe, apply):
+        self.module_name, self.target, self.probe, self.apply = module_name, target, probe, apply
 
 
 def load(dotted: str) -> Fix:
@@ -52,17 +42,17 @@ def load(dotted: str) -> Fix:
     return Fix(dotted, target, module.probe, module.apply)
 
 
-def fix_modules(package: str) -> List[str]:
+def fix_modules(package: str):
     """Dotted names of every fix module (non-package module) under ``package``."""
+    import pkgutil
+
     root = importlib.import_module(package)
     return sorted(
-        info.name
-        for info in pkgutil.walk_packages(root.__path__, prefix=package + ".")
-        if not info.ispkg
+        info.name for info in pkgutil.walk_packages(root.__path__, prefix=package + ".") if not info.ispkg
     )
 
 
-def coverage_problems(entries: Iterable, package: str = "gradfix.fixes") -> List[str]:
+def coverage_problems(entries, package: str = "gradfix.fixes"):
     """Catalog entries whose implementation does not load, and fix modules under
     ``package`` that no catalog entry names. Empty when the two match."""
     problems = []

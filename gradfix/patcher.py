@@ -5,11 +5,7 @@ A patch never replaces code: it wraps the original object with a wrapt
 original object back, and refuses when someone else has wrapped on top since.
 """
 
-from __future__ import annotations
-
 import threading
-from dataclasses import dataclass
-from typing import Any, Callable, List, Tuple
 
 import wrapt
 
@@ -30,16 +26,15 @@ class GradfixWrapper(wrapt.FunctionWrapper):
         return self._self_gradfix_patch_id
 
 
-def _name(owner: Any) -> str:
+def _name(owner) -> str:
     return getattr(owner, "__qualname__", None) or getattr(owner, "__name__", repr(owner))
 
 
-@dataclass(frozen=True)
 class _Wrap:
-    owner: Any
-    name: str
-    original: Any
-    wrapper: GradfixWrapper
+    __slots__ = ("owner", "name", "original", "wrapper")
+
+    def __init__(self, owner, name, original, wrapper):
+        self.owner, self.name, self.original, self.wrapper = owner, name, original, wrapper
 
     @property
     def where(self) -> str:
@@ -51,13 +46,13 @@ class Patcher:
 
     def __init__(self, patch_id: str):
         self.patch_id = patch_id
-        self.notes: List[str] = []
-        self._wraps: List[_Wrap] = []
+        self.notes = []
+        self._wraps = []
         self._hits = 0
         self._hit_lock = threading.Lock()
 
     # -- used by fixes -----------------------------------------------------
-    def wrap(self, owner: Any, name: str, wrapper: Callable) -> None:
+    def wrap(self, owner, name: str, wrapper) -> None:
         """Wrap ``owner.name`` (a class or module that defines it) with ``wrapper``.
 
         ``wrapper(wrapped, instance, args, kwargs)`` follows wrapt's convention.
@@ -91,11 +86,11 @@ class Patcher:
         return self._hits
 
     @property
-    def locations(self) -> Tuple[str, ...]:
+    def locations(self):
         return tuple(w.where for w in self._wraps)
 
     # -- used by the engine -------------------------------------------------
-    def covered_elsewhere(self) -> List[str]:
+    def covered_elsewhere(self):
         """Wrappers that are no longer the object found at their location."""
         return [w.where for w in self._wraps if vars(w.owner).get(w.name) is not w.wrapper]
 
@@ -114,8 +109,8 @@ class Patcher:
         self._wraps.clear()
 
 
-def _all_subclasses(cls: type) -> List[type]:
-    found: List[type] = []
+def _all_subclasses(cls: type):
+    found = []
     stack = list(type.__subclasses__(cls))
     while stack:
         sub = stack.pop()

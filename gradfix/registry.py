@@ -1,19 +1,15 @@
-"""Patch records and their states, shared by every thread of the process."""
+"""Patch records and their states, shared by every thread of the process.
 
-from __future__ import annotations
+Plain classes rather than enum/dataclasses: this module is on the path of every
+``import gradfix`` and those imports would cost more than gradfix itself.
+"""
 
-import enum
-import threading
-from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Optional, Tuple
-
-from .catalog import CatalogEntry
-from .gates import VersionVerdict
-from .implementation import Fix
-from .patcher import Patcher
+import _thread
 
 
-class State(str, enum.Enum):
+class State:
+    """The state of one patch in one process (plain strings, JSON-ready)."""
+
     ARMED = "armed"  # waiting for the target module to be imported
     APPLIED = "applied"
     NOT_NEEDED = "not_needed"  # package absent, or fixed in the installed code
@@ -21,51 +17,53 @@ class State(str, enum.Enum):
     FAILED = "failed"
     DISABLED = "disabled"
     REVERTED = "reverted"
-
-    def __str__(self) -> str:
-        return self.value
+    ALL = (ARMED, APPLIED, NOT_NEEDED, UNSUPPORTED, FAILED, DISABLED, REVERTED)
 
 
-@dataclass(frozen=True)
 class PatchStatus:
-    """A snapshot of one patch in this process, safe to log (``to_dict()``)."""
+    """A read-only snapshot of one patch in this process; ``to_dict()`` for logging
+    to W&B, TensorBoard or JSON."""
 
-    id: str
-    package: str
-    installed_version: Optional[str]
-    package_present: bool
-    affected: str
-    fixed_in: str
-    state: State
-    reason: str
-    hits: int
-    locations: Tuple[str, ...] = ()
-    notes: Tuple[str, ...] = ()
+    __slots__ = ("id", "package", "installed_version", "package_present", "affected",
+                 "fixed_in", "state", "reason", "hits", "locations", "notes")
+
+    def __init__(self, **fields):
+        for name in self.__slots__:
+            object.__setattr__(self, name, fields[name])
+
+    def __setattr__(self, name, value):
+        raise AttributeError("PatchStatus is read-only")
 
     def to_dict(self) -> dict:
-        data = asdict(self)
-        data["state"] = self.state.value
+        data = {name: getattr(self, name) for name in self.__slots__}
         data["locations"] = list(self.locations)
         data["notes"] = list(self.notes)
         return data
 
+    def __eq__(self, other):
+        return isinstance(other, PatchStatus) and self.to_dict() == other.to_dict()
 
-@dataclass
+    __hash__ = None
+
+    def __repr__(self) -> str:
+        return f"PatchStatus(id={self.id!r}, state={self.state!r}, hits={self.hits}, reason={self.reason!r})"
+
+
 class PatchRecord:
     """The engine's mutable view of one patch; guarded by ``Registry.lock``."""
 
-    entry: CatalogEntry
-    installed_version: Optional[str] = None
-    package_present: bool = True
-    state: Optional[State] = None
-    reason: str = ""
-    version_verdict: Optional[VersionVerdict] = None
-    fix: Optional[Fix] = None
-    patcher: Optional[Patcher] = None
-    hook_registered: bool = False
-    notes: List[str] = field(default_factory=list)
+    def __init__(self, entry):
+        self.entry = entry
+        self.installed_version = None
+        self.package_present = True
+        self.state = None
+        self.reason = ""
+        self.version_verdict = None
+        self.fix = None
+        self.patcher = None
+        self.hook_registered = False
 
-    def set(self, state: State, reason: str) -> None:
+    def set(self, state: str, reason: str) -> None:
         self.state = state
         self.reason = reason
 
@@ -76,13 +74,13 @@ class PatchRecord:
             package=self.entry.package,
             installed_version=self.installed_version,
             package_present=self.package_present,
-            affected=self.entry.affected_text,
-            fixed_in=str(self.entry.fixed_in),
+            affected=self.entry.affected,
+            fixed_in=self.entry.fixed_in,
             state=self.state or State.ARMED,
             reason=self.reason,
             hits=patcher.hits if patcher else 0,
             locations=patcher.locations if patcher else (),
-            notes=tuple(self.notes) + tuple(patcher.notes if patcher else ()),
+            notes=tuple(patcher.notes) if patcher else (),
         )
 
 
@@ -90,26 +88,26 @@ class Registry:
     """Records by patch id. One re-entrant lock serialises every state change."""
 
     def __init__(self) -> None:
-        self.lock = threading.RLock()
-        self._records: Dict[str, PatchRecord] = {}
+        self.lock = _thread.RLock()
+        self._records = {}
 
-    def record_for(self, entry: CatalogEntry) -> PatchRecord:
+    def record_for(self, entry) -> PatchRecord:
         with self.lock:
             record = self._records.get(entry.id)
             if record is None:
                 record = self._records[entry.id] = PatchRecord(entry)
             return record
 
-    def get(self, patch_id: str) -> Optional[PatchRecord]:
+    def get(self, patch_id: str):
         return self._records.get(patch_id)
 
-    def ids(self) -> List[str]:
+    def ids(self):
         return list(self._records)
 
-    def records(self) -> List[PatchRecord]:
+    def records(self):
         with self.lock:
             return list(self._records.values())
 
-    def snapshot(self) -> List[PatchStatus]:
+    def snapshot(self):
         with self.lock:
             return [record.snapshot() for record in self._records.values()]

@@ -1,44 +1,26 @@
-"""Reporting: one summary line per process through ``logging``.
+"""Reporting: one summary line per process, through ``logging``.
 
 The summary is logged once every patch has settled (none left ARMED), or at exit
 if some target was never imported. It is INFO on rank 0, WARNING on rank 0 when
 something is UNSUPPORTED or FAILED, and on every rank with GRADFIX_LOG=debug.
+
+Records go to the ``gradfix`` logger. While the application has configured no
+logging of its own, they are written to stderr instead; a program that has not
+even imported ``logging`` cannot have configured it, so gradfix does not import
+it either (it would be the largest part of ``import gradfix``).
 """
 
-from __future__ import annotations
-
-import logging
 import os
 import sys
-from typing import Iterable, List, Mapping, Optional
 
 from ._version import __version__
-from .registry import PatchStatus, State
+from .registry import State
 
-LOGGER = logging.getLogger("gradfix")
-
-_LEVELS = {"quiet": logging.WARNING, "info": logging.INFO, "debug": logging.DEBUG}
+DEBUG, INFO, WARNING = 10, 20, 30  # the logging module's levels
+_THRESHOLDS = {"quiet": WARNING, "info": INFO, "debug": DEBUG}
 # Launchers' global-rank variables, most specific first.
 _RANK_VARIABLES = ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID")
 
-
-class _StderrWhenUnconfigured(logging.Handler):
-    """Print gradfix records to stderr only while the application has set up no
-    logging of its own; once it has, records reach its handlers by propagation."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        logger: Optional[logging.Logger] = LOGGER.parent
-        while logger is not None:
-            if logger.handlers:
-                return
-            logger = logger.parent if logger.propagate else None
-        try:
-            sys.stderr.write(self.format(record) + "\n")
-        except Exception:
-            self.handleError(record)
-
-
-_fallback_handler = _StderrWhenUnconfigured()
 _log_level = "info"
 _summary_logged = False
 
@@ -46,12 +28,37 @@ _summary_logged = False
 def configure(log_level: str) -> None:
     global _log_level
     _log_level = log_level
-    LOGGER.setLevel(_LEVELS[log_level])
-    if _fallback_handler not in LOGGER.handlers:
-        LOGGER.addHandler(_fallback_handler)
+    if "logging" in sys.modules:
+        sys.modules["logging"].getLogger("gradfix").setLevel(_THRESHOLDS[log_level])
 
 
-def process_rank(environ: Mapping[str, str] = os.environ) -> int:
+def _configured_logger():
+    """The ``gradfix`` logger if the application has set up logging handlers."""
+    logging = sys.modules.get("logging")
+    if logging is None:
+        return None
+    logger = logging.getLogger("gradfix")
+    logger.setLevel(_THRESHOLDS[_log_level])
+    node = logger
+    while node is not None:
+        if node.handlers:
+            return logger
+        node = node.parent if node.propagate else None
+    return None
+
+
+def _emit(level: int, message: str) -> None:
+    logger = _configured_logger()
+    if logger is not None:
+        logger.log(level, message)
+    elif level >= _THRESHOLDS[_log_level]:
+        try:
+            sys.stderr.write(message + "\n")
+        except Exception:
+            pass
+
+
+def process_rank(environ=os.environ) -> int:
     for name in _RANK_VARIABLES:
         try:
             return int(environ[name])
@@ -66,22 +73,22 @@ def _speaks() -> bool:
 
 
 def info(message: str) -> None:
-    LOGGER.log(logging.INFO if _speaks() else logging.DEBUG, message)
+    _emit(INFO if _speaks() else DEBUG, message)
 
 
 def warning(message: str) -> None:
-    LOGGER.log(logging.WARNING if _speaks() else logging.DEBUG, message)
+    _emit(WARNING if _speaks() else DEBUG, message)
 
 
 def debug(message: str) -> None:
-    LOGGER.debug(message)
+    _emit(DEBUG, message)
 
 
-def _package(status: PatchStatus) -> str:
+def _package(status) -> str:
     return f"{status.package} {status.installed_version or '(version unknown)'}"
 
 
-def _describe(status: PatchStatus) -> str:
+def _describe(status) -> str:
     if status.state in (State.APPLIED, State.ARMED):
         hits = f", corrected {status.hits:,} times" if status.hits else ""
         return f"{status.id} ({_package(status)}{hits})"
@@ -101,22 +108,22 @@ _ORDER = (
 )
 
 
-def summary_line(statuses: Iterable[PatchStatus]) -> str:
+def summary_line(statuses) -> str:
     statuses = list(statuses)
     if not statuses:
         return f"gradfix {__version__}: active; the catalog has no patches"
-    parts: List[str] = []
+    parts = []
     for state, label in _ORDER:
-        chosen = [_describe(s) for s in statuses if s.state is state]
+        chosen = [_describe(s) for s in statuses if s.state == state]
         if chosen:
             parts.append(f"{label}: {', '.join(chosen)}")
     return f"gradfix {__version__}: " + "; ".join(parts)
 
 
-def log_summary(statuses: List[PatchStatus], *, final: bool = False) -> None:
+def log_summary(statuses, *, final: bool = False) -> None:
     """Log the summary once, when nothing is ARMED any more (or at exit: ``final``)."""
     global _summary_logged
-    if _summary_logged or (not final and any(s.state is State.ARMED for s in statuses)):
+    if _summary_logged or (not final and any(s.state == State.ARMED for s in statuses)):
         return
     _summary_logged = True
     troubled = any(s.state in (State.UNSUPPORTED, State.FAILED) for s in statuses)

@@ -20,11 +20,11 @@ NEEDS_ATTENTION = (UNSUPPORTED, ERROR)
 def verdict_of(status: PatchStatus) -> str:
     if status.state in (State.ARMED, State.APPLIED):  # ARMED from assess(): the code gate found the bug
         return APPLIES
-    if status.state is State.NOT_NEEDED:
+    if status.state == State.NOT_NEEDED:
         return NOT_NEEDED if status.package_present else PACKAGE_ABSENT
-    if status.state is State.UNSUPPORTED:
+    if status.state == State.UNSUPPORTED:
         return UNSUPPORTED
-    if status.state is State.DISABLED:
+    if status.state == State.DISABLED:
         return DISABLED
     return ERROR
 

@@ -40,9 +40,9 @@ def write(folder: Path, data, name=None) -> Path:
 def test_valid_entry(tmp_path):
     entry = catalog.load_file(write(tmp_path, VALID))
     assert entry.id == "demo-bug" and entry.package == "demo"
-    assert entry.affected.contains("1.5") and not entry.affected.contains("2.0")
-    assert entry.affected_text == ">=1.0,<2.0"
-    assert str(entry.fixed_in) == "2.0" and entry.upstream == ("demo#1",)
+    assert entry.affected_set.contains("1.5") and not entry.affected_set.contains("2.0")
+    assert entry.affected == ">=1.0,<2.0"  # lower bound first, as written
+    assert entry.fixed_in == "2.0" and entry.upstream == ("demo#1",)
 
 
 @pytest.mark.parametrize(

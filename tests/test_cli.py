@@ -46,7 +46,7 @@ def test_list_table_and_exit_code_for_catalog_errors(run_python, tmp_path):
 def test_list_inside_an_activated_program_reports_the_applied_patch(run_python, tmp_path):
     code = (
         "from gradfix.cli import main\nimport gftoy.accum\nmain(['list', '--json'])\n"
-        "import gradfix\nprint('STATES', [s.state.value for s in gradfix.status()])\n"
+        "import gradfix\nprint('STATES', [s.state for s in gradfix.status()])\n"
     )
     result = run_python(code)
     rows = json.loads(result.stdout[: result.stdout.index("STATES")])

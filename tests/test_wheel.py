@@ -71,7 +71,7 @@ def test_wheel_ships_the_startup_files_and_the_catalog(wheel):
 
 
 def test_gradfix_1_activates_with_no_import(venv):
-    code = toy.WORKLOAD + "import sys\nprint('STATES', [s.state.value for s in sys.modules['gradfix'].status()])\n"
+    code = toy.WORKLOAD + "import sys\nprint('STATES', [s.state for s in sys.modules['gradfix'].status()])\n"
     proc = venv.run(code, GRADFIX="1")
     assert "STATES ['applied']" in proc.stdout, proc.stderr
     buggy = venv.run(toy.WORKLOAD)
@@ -114,17 +114,40 @@ def _one_warning(proc):
     return warnings[0]
 
 
-def test_missing_wrapt_costs_one_line(venv):
+def test_missing_dependency_fails_the_patch_not_the_program(venv):
     wrapt_dir = venv.site / "wrapt"
     hidden = venv.site / "wrapt.hidden"
     wrapt_dir.rename(hidden)
     try:
+        proc = venv.run(toy.WORKLOAD, GRADFIX="1")
+        assert proc.returncode == 0 and "RESULT" in proc.stdout and "Traceback" not in proc.stderr
+        assert "failed: toy-accumulate-drop (cannot load gradfix's patcher (No module named 'wrapt')" in proc.stderr
+        strict = venv.run(toy.WORKLOAD, GRADFIX="1", GRADFIX_STRICT="1")
+        assert strict.returncode == 1 and "GradfixStrictError" in strict.stderr
+    finally:
+        hidden.rename(wrapt_dir)
+    packaging_dir = venv.site / "packaging"
+    hidden = venv.site / "packaging.hidden"
+    packaging_dir.rename(hidden)
+    try:
+        proc = venv.run(toy.WORKLOAD, GRADFIX="1")
+        assert proc.returncode == 0 and "RESULT" in proc.stdout and "Traceback" not in proc.stderr
+        assert "toy-accumulate-drop.toml: cannot validate: No module named 'packaging'" in proc.stderr
+    finally:
+        hidden.rename(packaging_dir)
+
+
+def test_broken_package_costs_one_line_and_strict_ends_the_process(venv):
+    init = venv.site / "gradfix" / "__init__.py"
+    saved = init.read_bytes()
+    init.write_text("raise RuntimeError('simulated broken install')\n")
+    try:
         line = _one_warning(venv.run(PASS, GRADFIX="1"))
-        assert "could not start (ModuleNotFoundError" in line and "gradfix doctor" in line
+        assert "could not start (RuntimeError: simulated broken install)" in line and "gradfix doctor" in line
         strict = venv.run(PASS, GRADFIX="1", GRADFIX_STRICT="1")
         assert strict.returncode == 78 and "cannot start under GRADFIX_STRICT=1" in strict.stderr
     finally:
-        hidden.rename(wrapt_dir)
+        init.write_bytes(saved)
 
 
 def test_missing_package_or_bootstrap_module_does_not_break_python(venv):

@@ -1,0 +1,91 @@
+"""Regenerate the files derived from the catalog (patches/*.toml):
+
+* ``gradfix/_catalog_index.py``, the pre-validated catalog read at start-up;
+* the support table in README.md, between its ``support-table`` markers.
+
+Run ``python -m gradfix._generate`` from a checkout after editing patches/;
+``--check`` exits 1 when a derived file is out of date (the tests run it).
+"""
+
+import argparse
+import os
+import sys
+
+from . import catalog
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+INDEX = os.path.join(REPO, "gradfix", "_catalog_index.py")
+README = os.path.join(REPO, "README.md")
+BEGIN, END = "<!-- support-table: begin (python -m gradfix._generate) -->", "<!-- support-table: end -->"
+
+
+def _checked_catalog(patches: str) -> catalog.Catalog:
+    loaded = catalog.load([patches], include_builtin=False)
+    if loaded.problems:
+        raise SystemExit("catalog errors:\n" + "\n".join(map(str, loaded.problems)))
+    return loaded
+
+
+def index_text(patches: str) -> str:
+    loaded = _checked_catalog(patches)
+    sources = {}
+    for name in sorted(os.listdir(patches)):
+        if name.endswith(".toml"):
+            with open(os.path.join(patches, name), encoding="utf-8") as handle:
+                sources[name] = handle.read()
+    lines = [
+        '"""The built-in catalog, validated and compiled from patches/*.toml by',
+        "`python -m gradfix._generate`. Do not edit: edit patches/ and regenerate.",
+        '"""',
+        "",
+        f"SOURCES = {sources!r}",
+        "",
+        "ENTRIES = [",
+        *(f"    {entry.to_dict()!r}," for entry in loaded.entries),
+        "]",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def support_table(patches: str) -> str:
+    loaded = _checked_catalog(patches)
+    if not loaded.entries:
+        return "No patches yet: the catalog is empty."
+    rows = ["| patch id | package | affected releases | fixed upstream in | what goes wrong | since |",
+            "| --- | --- | --- | --- | --- | --- |"]
+    for e in loaded.entries:
+        rows.append(f"| `{e.id}` | {e.package} | `{e.affected}` | {e.fixed_in} | {e.summary} | {e.since} |")
+    return "\n".join(rows)
+
+
+def readme_text(patches: str, readme: str = README) -> str:
+    with open(readme, encoding="utf-8") as handle:
+        text = handle.read()
+    if BEGIN not in text or END not in text:
+        raise SystemExit(f"README.md lacks the markers {BEGIN} / {END}")
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    return f"{head}{BEGIN}\n{support_table(patches)}\n{END}{tail}"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="only check that the files are current")
+    args = parser.parse_args(argv)
+    patches = os.path.join(REPO, "patches")
+    stale = []
+    for path, wanted in ((INDEX, index_text(patches)), (README, readme_text(patches))):
+        current = open(path, encoding="utf-8").read() if os.path.exists(path) else None
+        if current != wanted:
+            stale.append(os.path.relpath(path, REPO))
+            if not args.check:
+                with open(path, "w", encoding="utf-8") as handle:
+                    handle.write(wanted)
+    if stale:
+        print(("out of date: " if args.check else "regenerated: ") + ", ".join(stale))
+    return 1 if (args.check and stale) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""The files derived from patches/ (start-up index, README table) are current,
+and the start-up index is used only while it matches the TOML files exactly."""
+
+import shutil
+import sys
+import types
+
+import pytest
+
+import toy
+from conftest import REPO
+import gradfix
+from gradfix import _generate, catalog
+
+
+def test_index_and_readme_table_are_current():
+    patches = str(REPO / "patches")
+    assert (REPO / "gradfix" / "_catalog_index.py").read_text() == _generate.index_text(patches), (
+        "run `python -m gradfix._generate`"
+    )
+    assert (REPO / "README.md").read_text() == _generate.readme_text(patches, str(REPO / "README.md")), (
+        "run `python -m gradfix._generate`"
+    )
+
+
+@pytest.fixture
+def fixture_index(tmp_path, monkeypatch):
+    """An index compiled from a copy of the fixture catalog, installed as gradfix._catalog_index."""
+    folder = tmp_path / "catalog"
+    shutil.copytree(toy.CATALOG, folder)
+    index = types.ModuleType("gradfix._catalog_index")
+    exec(_generate.index_text(str(folder)), index.__dict__)
+    monkeypatch.setitem(sys.modules, "gradfix._catalog_index", index)
+    monkeypatch.setattr(gradfix, "_catalog_index", index)
+    return folder
+
+
+def test_index_is_used_while_files_match(fixture_index):
+    files = catalog._toml_files(str(fixture_index))
+    entries = catalog._from_index(str(fixture_index), files)
+    parsed = [catalog.load_file(f) for f in files]
+    assert [e.to_dict() for e in entries] == [e.to_dict() for e in parsed]
+
+
+def test_stale_index_is_ignored(fixture_index):
+    path = fixture_index / "toy-accumulate-drop.toml"
+    path.write_text(path.read_text().replace('fixed_in = "2.0"', 'fixed_in = "2.1"'))
+    assert catalog._from_index(str(fixture_index), catalog._toml_files(str(fixture_index))) is None
+    (fixture_index / "extra.toml").write_text("")
+    assert catalog._from_index(str(fixture_index), catalog._toml_files(str(fixture_index))) is None
