@@ -33,9 +33,13 @@ def scratch() -> Path:
     return Path(tempfile.mkdtemp(prefix="gradfix-bench-"))
 
 
+# Run measured interpreters outside the checkout, so `-c` cannot import ./gradfix.
+NEUTRAL_CWD = tempfile.gettempdir()
+
+
 def wall_time(cmd, env=None) -> float:
     start = time.perf_counter()
-    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(cmd, check=True, env=env, cwd=NEUTRAL_CWD, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return time.perf_counter() - start
 
 

@@ -12,7 +12,7 @@ import statistics
 import subprocess
 import sys
 
-from _envs import DEPENDENCIES, build_wheel, make_venv, median_ms, scratch, wall_time
+from _envs import DEPENDENCIES, NEUTRAL_CWD, build_wheel, make_venv, median_ms, scratch, wall_time
 
 BUDGET_MS = 15.0
 FRAMEWORKS = ("torch", "deepspeed", "openrlhf", "trl", "transformers", "accelerate", "llamafactory", "numpy")
@@ -39,13 +39,14 @@ def main() -> int:
     for _ in range(5):  # warm the page cache; not measured
         wall_time([python, "-c", "import gradfix"], env)
     for _ in range(args.rounds):
-        out = subprocess.run([python, "-c", PROBE], check=True, env=env, capture_output=True, text=True).stdout
+        out = subprocess.run([python, "-c", PROBE], check=True, env=env, cwd=NEUTRAL_CWD,
+                             capture_output=True, text=True).stdout
         elapsed, frameworks = json.loads(out)
         imports.append(elapsed)
         leaked.update(frameworks)
         startups.append(wall_time([python, "-c", "pass"], env))
     cost, start = statistics.median(imports) * 1000, median_ms(startups)
-    slow = subprocess.run([python, "-X", "importtime", "-c", "import gradfix"], env=env,
+    slow = subprocess.run([python, "-X", "importtime", "-c", "import gradfix"], env=env, cwd=NEUTRAL_CWD,
                           capture_output=True, text=True).stderr.splitlines()
     slow = [line for line in slow if line.startswith("import time:") and "cumulative" not in line]
     heaviest = sorted(slow, key=lambda line: -int(line.split("|")[1]))[:6]
