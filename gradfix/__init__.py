@@ -10,7 +10,6 @@ import sys as _sys
 
 from ._version import __version__
 from .engine import GradfixStrictError, UnknownPatchError, activate, deactivate, revert, status
-from .gates import CodeVerdict, Probe
 from .registry import PatchStatus, State
 
 __all__ = [

@@ -90,9 +90,6 @@ class Catalog:
     def ids(self):
         return tuple(entry.id for entry in self.entries)
 
-    def get(self, patch_id: str):
-        return next((entry for entry in self.entries if entry.id == patch_id), None)
-
 
 def builtin_dir() -> str:
     """Where the built-in catalog lives for this install (wheel or checkout)."""

@@ -17,20 +17,6 @@ ENV_STRICT = "GRADFIX_STRICT"
 ENV_LOG = "GRADFIX_LOG"
 ENV_CATALOG_PATH = "GRADFIX_CATALOG_PATH"
 
-#: name -> one-line description; the README and `gradfix doctor` show these.
-ENVIRONMENT_VARIABLES = {
-    ENV_SWITCH: "1: activate gradfix in every Python process (start-up bootstrap); "
-    "0: disable gradfix even where it is imported; unset: active only where imported.",
-    ENV_DISABLE: "Comma-separated patch ids to leave alone, or * for all.",
-    ENV_STRICT: "1: raise GradfixStrictError when a patch is UNSUPPORTED or FAILED, "
-    "and end the process if the bootstrap cannot start.",
-    ENV_LOG: "quiet (warnings only), info (default: one summary line on rank 0) or "
-    "debug (every event, every rank).",
-    ENV_CATALOG_PATH: "Extra catalog folders of patches/*.toml files, separated by the "
-    "path separator; for out-of-tree patches and tests.",
-}
-
-
 class Settings:
     """The parsed environment. ``switch`` is True (on), False (off) or None (unset)."""
 

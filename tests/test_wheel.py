@@ -1,8 +1,8 @@
 """Build the wheel, install it into fresh virtual environments and check the
 start-up bootstrap in new interpreters, including deliberately broken installs."""
 
+import contextlib
 import os
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -114,27 +114,28 @@ def _one_warning(proc):
     return warnings[0]
 
 
-def test_missing_dependency_fails_the_patch_not_the_program(venv):
-    wrapt_dir = venv.site / "wrapt"
-    hidden = venv.site / "wrapt.hidden"
-    wrapt_dir.rename(hidden)
+@contextlib.contextmanager
+def hidden(path: Path):
+    """Simulate a broken install: ``path`` is missing while the block runs."""
+    away = path.with_name(path.name + ".hidden")
+    path.rename(away)
     try:
+        yield
+    finally:
+        away.rename(path)
+
+
+def test_missing_dependency_fails_the_patch_not_the_program(venv):
+    with hidden(venv.site / "wrapt"):
         proc = venv.run(toy.WORKLOAD, GRADFIX="1")
         assert proc.returncode == 0 and "RESULT" in proc.stdout and "Traceback" not in proc.stderr
         assert "failed: toy-accumulate-drop (cannot load gradfix's patcher (No module named 'wrapt')" in proc.stderr
         strict = venv.run(toy.WORKLOAD, GRADFIX="1", GRADFIX_STRICT="1")
         assert strict.returncode == 1 and "GradfixStrictError" in strict.stderr
-    finally:
-        hidden.rename(wrapt_dir)
-    packaging_dir = venv.site / "packaging"
-    hidden = venv.site / "packaging.hidden"
-    packaging_dir.rename(hidden)
-    try:
+    with hidden(venv.site / "packaging"):
         proc = venv.run(toy.WORKLOAD, GRADFIX="1")
         assert proc.returncode == 0 and "RESULT" in proc.stdout and "Traceback" not in proc.stderr
         assert "toy-accumulate-drop.toml: cannot validate: No module named 'packaging'" in proc.stderr
-    finally:
-        hidden.rename(packaging_dir)
 
 
 def test_broken_package_costs_one_line_and_strict_ends_the_process(venv):
@@ -151,20 +152,11 @@ def test_broken_package_costs_one_line_and_strict_ends_the_process(venv):
 
 
 def test_missing_package_or_bootstrap_module_does_not_break_python(venv):
-    package, hidden = venv.site / "gradfix", venv.site / "gradfix.hidden"
-    package.rename(hidden)
-    try:
+    with hidden(venv.site / "gradfix"):
         assert "could not start (ModuleNotFoundError" in _one_warning(venv.run(PASS, GRADFIX="1"))
-    finally:
-        hidden.rename(package)
-    module = venv.site / "_gradfix_bootstrap.py"
-    saved = module.read_bytes()
-    module.unlink()
-    try:
+    with hidden(venv.site / "_gradfix_bootstrap.py"):
         proc = venv.run(PASS, GRADFIX="1")
         assert proc.returncode == 0 and proc.stderr == ""  # an orphaned .pth stays silent
-    finally:
-        module.write_bytes(saved)
 
 
 def test_bad_catalog_file_costs_one_line(venv):
