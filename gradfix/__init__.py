@@ -35,4 +35,11 @@ def _started_as_cli() -> bool:
 
 
 if not _started_as_cli():
-    activate()
+    try:
+        activate()
+    except GradfixStrictError:
+        raise
+    except Exception as _exc:  # a bug in gradfix must not break the program importing it
+        from . import report as _report
+
+        _report.warning(f"gradfix: activation failed ({type(_exc).__name__}: {_exc}); continuing without gradfix")

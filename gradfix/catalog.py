@@ -218,7 +218,11 @@ def load(extra_dirs=(), include_builtin: bool = True, use_index: bool = True) ->
         if not os.path.isdir(directory):
             problems.append(CatalogProblem(directory, None, "catalog folder does not exist"))
             continue
-        files = _toml_files(directory)
+        try:
+            files = _toml_files(directory)
+        except OSError as exc:
+            problems.append(CatalogProblem(directory, None, f"cannot list the catalog folder: {exc}"))
+            continue
         indexed = _from_index(directory, files) if (use_index and include_builtin and number == 0) else None
         loaded = indexed
         if loaded is None:
