@@ -21,7 +21,7 @@ CACHE = Path(os.environ.get("GRADFIX_CACHE", Path.home() / ".cache" / "gradfix")
 
 nox.options.envdir = str(CACHE / "nox")
 nox.options.reuse_existing_virtualenvs = True
-nox.options.sessions = ["tests", "tests_wrapt1", "tests_oldest_python"]
+nox.options.sessions = ["tests", "tests_wrapt1", "tests_oldest_python", "deepspeed"]
 nox.options.error_on_missing_interpreters = False
 
 TEST_REQUIREMENTS = ["pytest>=7", "packaging>=21"]
@@ -33,10 +33,10 @@ def _oldest_python():
     return found[-1] if found else "3.9"
 
 
-def install_cached(session, *requirements):
+def install_cached(session, *requirements, group="requirements"):
     """pip install ``requirements`` unless this environment already holds exactly them."""
     key = hashlib.sha256(json.dumps([sys.version, *requirements]).encode()).hexdigest()
-    stamp = Path(session.virtualenv.location) / ".gradfix-requirements"
+    stamp = Path(session.virtualenv.location) / f".gradfix-{group}"
     if stamp.exists() and stamp.read_text() == key:
         return
     session.install(*requirements)
@@ -74,6 +74,34 @@ def tests_oldest_python(session):
     install_cached(session, *TEST_REQUIREMENTS, "wrapt==1.14.*", "tomli>=1.1")
     install_gradfix(session)
     session.run("pytest", "-q", "-m", "not slow", *session.posargs)
+
+
+# One release per boundary and source variant: before ds-A (0.15.1), oldest affected
+# (0.15.2), variant 1 (0.16.4, 0.18.2), variant 2 (0.18.3, 0.18.9), first fixed (0.19.0).
+DEEPSPEED_RELEASES = ["0.15.1", "0.15.2", "0.16.4", "0.18.2", "0.18.3", "0.18.9", "0.19.0"]
+DEEPSPEED_DEPENDENCIES = ["hjson", "msgpack", "ninja", "numpy", "psutil", "py-cpuinfo", "pydantic", "tqdm",
+                          "einops", "setuptools", "wheel"]
+
+
+@nox.session(python="3.11")
+def deepspeed(session):
+    """Real DeepSpeed releases on CPU. One torch venv; each release is pure Python
+    (DS_BUILD_OPS=0) in its own folder under ~/.cache/gradfix/deepspeed, put on
+    PYTHONPATH by the tests, and installed once."""
+    install_cached(session, "torch==2.13.0", group="torch")  # alone first: the local CPU wheel
+    install_cached(session, *TEST_REQUIREMENTS, "wrapt>=2,<3", *DEEPSPEED_DEPENDENCIES)
+    install_gradfix(session)
+    releases = CACHE / "deepspeed"
+    for release in DEEPSPEED_RELEASES:
+        target = releases / f"ds-{release}"
+        if (target / "deepspeed").is_dir():
+            continue
+        partial = releases / f"partial-{release}"
+        session.run("python", "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                    "--target", str(partial), f"deepspeed=={release}", env={"DS_BUILD_OPS": "0"})
+        partial.rename(target)
+    session.run("pytest", "-q", "tests/deepspeed_releases", *session.posargs,
+                env={"GRADFIX_DS_RELEASES": str(releases)})
 
 
 @nox.session(python="3.11")

@@ -43,12 +43,15 @@ def load(dotted: str) -> Fix:
 
 
 def fix_modules(package: str):
-    """Dotted names of every fix module (non-package module) under ``package``."""
+    """Dotted names of every fix module under ``package`` (not packages, and not
+    private helper modules such as ``_zero``)."""
     import pkgutil
 
     root = importlib.import_module(package)
     return sorted(
-        info.name for info in pkgutil.walk_packages(root.__path__, prefix=package + ".") if not info.ispkg
+        info.name
+        for info in pkgutil.walk_packages(root.__path__, prefix=package + ".")
+        if not info.ispkg and not info.name.rpartition(".")[2].startswith("_")
     )
 
 

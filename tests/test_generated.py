@@ -8,7 +8,7 @@ import types
 import pytest
 
 import toy
-from conftest import REPO
+from helpers import REPO
 import gradfix
 from gradfix import _generate, catalog
 

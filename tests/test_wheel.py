@@ -13,7 +13,7 @@ import pytest
 from gradfix._version import __version__ as VERSION
 
 import toy
-from conftest import REPO, clean_env
+from helpers import REPO, clean_env
 
 pytestmark = pytest.mark.slow
 
@@ -71,9 +71,9 @@ def test_wheel_ships_the_startup_files_and_the_catalog(wheel):
 
 
 def test_gradfix_1_activates_with_no_import(venv):
-    code = toy.WORKLOAD + "import sys\nprint('STATES', [s.state for s in sys.modules['gradfix'].status()])\n"
+    code = toy.WORKLOAD + "import sys\nprint('STATES', {s.id: s.state for s in sys.modules['gradfix'].status()})\n"
     proc = venv.run(code, GRADFIX="1")
-    assert "STATES ['applied']" in proc.stdout, proc.stderr
+    assert f"'{toy.PATCH_ID}': 'applied'" in proc.stdout, proc.stderr
     buggy = venv.run(toy.WORKLOAD)
     assert buggy.stdout != proc.stdout.splitlines()[0]  # without GRADFIX the bug stays
 

@@ -1,0 +1,1 @@
+"""Fixes for DeepSpeed (``deepspeed.runtime.zero.stage_1_and_2.DeepSpeedZeroOptimizer``)."""
