@@ -105,6 +105,16 @@ def deepspeed(session):
 
 
 @nox.session(python="3.11")
+def bench_deepspeed(session):
+    """Step time of patched buggy DeepSpeed vs the first fixed release (needs the
+    releases the `deepspeed` session installs; not part of the default run)."""
+    install_cached(session, "torch==2.13.0", group="torch")
+    install_cached(session, *TEST_REQUIREMENTS, "wrapt>=2,<3", *DEEPSPEED_DEPENDENCIES)
+    install_gradfix(session)
+    session.run("python", "benchmarks/deepspeed_step.py", *session.posargs)
+
+
+@nox.session(python="3.11")
 def bench(session):
     """Start-up and import-cost benchmarks (not part of the default run)."""
     install_cached(session, "packaging>=21", "wrapt>=2,<3")

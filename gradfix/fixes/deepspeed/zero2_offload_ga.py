@@ -17,8 +17,10 @@ the boundary.
 
 from gradfix import gates
 
-from ._zero import TARGET, MicroStepCounter, at_boundary, low_precision_master, optimizer_class, param_argument, stand_in
+from . import _zero
+from ._zero import MicroStepCounter, at_boundary, low_precision_master, optimizer_class, param_argument, stand_in
 
+TARGET = _zero.TARGET  # the module whose import triggers this patch
 METHOD = "async_accumulate_grad_in_cpu_via_gpu"
 
 

@@ -13,8 +13,10 @@ On 0.15.2-0.18.9 the accumulator itself needs ds-zero2-offload-ga as well.
 
 from gradfix import gates
 
-from ._zero import TARGET, MicroStepCounter, at_boundary, optimizer_class, param_argument, stand_in
+from . import _zero
+from ._zero import MicroStepCounter, at_boundary, optimizer_class, param_argument, stand_in
 
+TARGET = _zero.TARGET  # the module whose import triggers this patch
 METHOD = "copy_grads_in_partition"
 ACCUMULATE = "async_accumulate_grad_in_cpu_via_gpu"
 
