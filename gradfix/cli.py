@@ -72,9 +72,11 @@ def cmd_status(args) -> int:
     elif not statuses:
         print(f"gradfix {__version__}: the catalog has no patches.")
     else:
-        table = [["ID", "STATE", "HITS", "REASON"]]
-        table += [[s.id, s.state, str(s.hits), s.reason] for s in statuses]
+        table = [["ID", "STATE", "REASON"]]
+        table += [[s.id, s.state, s.reason] for s in statuses]
         print(_table(table))
+        print("\n(This process only. Inside a training run, gradfix.status() and the line gradfix "
+              "logs at exit say how often each applied patch corrected the buggy path.)")
     return ATTENTION if any(s.state in (State.UNSUPPORTED, State.FAILED) for s in statuses) else OK
 
 

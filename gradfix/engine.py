@@ -291,7 +291,7 @@ def _at_exit() -> None:
         statuses = REGISTRY.snapshot()
         report.log_summary(statuses, final=True)
         for s in statuses:
-            if s.state == State.APPLIED:
-                report.debug(f"gradfix: {s.id} corrected the buggy path {s.hits:,} times")
+            if s.state == State.APPLIED:  # the runtime evidence: did the fix matter here?
+                report.info(f"gradfix: {s.id} applied, {s.evidence}")
     except Exception:
         pass

@@ -11,6 +11,14 @@ A fix module defines, at top level and without importing its framework:
 ``apply(module, patcher) -> None``
     Install the fix with ``patcher.wrap(owner, name, wrapper)``; call
     ``patcher.hit()`` whenever the wrapper corrects the buggy path.
+
+Optional, for the runtime evidence in ``gradfix.status()`` and the exit report:
+
+``HITS``
+    What one hit counts, e.g. ``"accumulation micro-steps"``.
+``UNREACHED``
+    Why a patch can be applied and never run, e.g. ``"this run does not use
+    optimizer offload with GA >= 3"``.
 """
 
 import importlib
@@ -21,10 +29,18 @@ class ImplementationError(Exception):
 
 
 class Fix:
-    __slots__ = ("module_name", "target", "probe", "apply")
+    __slots__ = ("module_name", "target", "probe", "apply", "hits_unit", "unreached")
 
-    def __init__(self, module_name, target, probe, apply):
+    def __init__(self, module_name, target, probe, apply, hits_unit="times",
+                 unreached="the buggy path did not run"):
         self.module_name, self.target, self.probe, self.apply = module_name, target, probe, apply
+        self.hits_unit, self.unreached = hits_unit, unreached
+
+    def evidence(self, hits: int) -> str:
+        """What an APPLIED patch did in this process, in words."""
+        if hits:
+            return f"corrected {hits:,} {self.hits_unit}"
+        return f"never reached in this process ({self.unreached})"
 
 
 def load(dotted: str) -> Fix:
@@ -39,7 +55,9 @@ def load(dotted: str) -> Fix:
     for name in ("probe", "apply"):
         if not callable(getattr(module, name, None)):
             raise ImplementationError(f"{dotted} must define a function {name}()")
-    return Fix(dotted, target, module.probe, module.apply)
+    words = {name: getattr(module, attribute) for name, attribute in (("hits_unit", "HITS"), ("unreached", "UNREACHED"))
+             if isinstance(getattr(module, attribute, None), str)}
+    return Fix(dotted, target, module.probe, module.apply, **words)
 
 
 def fix_modules(package: str):

@@ -25,7 +25,7 @@ class PatchStatus:
     to W&B, TensorBoard or JSON."""
 
     __slots__ = ("id", "package", "installed_version", "package_present", "affected",
-                 "fixed_in", "state", "reason", "hits", "locations", "notes")
+                 "fixed_in", "state", "reason", "hits", "evidence", "locations", "notes")
 
     def __init__(self, **fields):
         for name in self.__slots__:
@@ -69,6 +69,8 @@ class PatchRecord:
 
     def snapshot(self) -> PatchStatus:
         patcher = self.patcher
+        hits = patcher.hits if patcher else 0
+        applied = self.state == State.APPLIED and self.fix is not None
         return PatchStatus(
             id=self.entry.id,
             package=self.entry.package,
@@ -78,7 +80,8 @@ class PatchRecord:
             fixed_in=self.entry.fixed_in,
             state=self.state or State.ARMED,
             reason=self.reason,
-            hits=patcher.hits if patcher else 0,
+            hits=hits,
+            evidence=self.fix.evidence(hits) if applied else "",
             locations=patcher.locations if patcher else (),
             notes=tuple(patcher.notes) if patcher else (),
         )

@@ -43,8 +43,18 @@ def test_import_before_target(run_python, reference):
     record = state(result)
     assert record["state"] == "applied" and record["installed_version"] == "1.0"
     assert record["hits"] == 4  # two windows of four: micro-batches 2 and 3 of each restored
+    assert record["evidence"] == "corrected 4 micro-batches"
     assert record["locations"] == ["gftoy.accum.Accumulator.add"]
     assert f"gradfix {VERSION}: applied: {PATCH_ID} (gftoy 1.0)" in result.stderr
+    assert f"gradfix: {PATCH_ID} applied, corrected 4 micro-batches" in result.stderr  # the exit report
+
+
+def test_applied_but_never_reached_is_reported(run_python):
+    result = run_python("import gradfix, gftoy.accum\n" + STATUS)
+    record = state(result)
+    assert record["state"] == "applied" and record["hits"] == 0
+    assert record["evidence"] == "never reached in this process (no accumulation window of 3 or more ran)"
+    assert f"gradfix: {PATCH_ID} applied, never reached in this process" in result.stderr
 
 
 def test_import_after_target_patches_at_once(run_python, reference):

@@ -22,6 +22,8 @@ from ._zero import MicroStepCounter, at_boundary, low_precision_master, optimize
 
 TARGET = _zero.TARGET  # the module whose import triggers this patch
 METHOD = "async_accumulate_grad_in_cpu_via_gpu"
+HITS = "accumulation micro-steps"
+UNREACHED = "no ZeRO-2 optimizer offload with gradient_accumulation_steps >= 3 ran"
 
 
 def _run_probe(function, low_precision: bool) -> float:

@@ -19,6 +19,8 @@ from ._zero import MicroStepCounter, at_boundary, optimizer_class, param_argumen
 TARGET = _zero.TARGET  # the module whose import triggers this patch
 METHOD = "copy_grads_in_partition"
 ACCUMULATE = "async_accumulate_grad_in_cpu_via_gpu"
+HITS = "backward passes"
+UNREACHED = "no optimizer offload run with several backward() per step and gradient_accumulation_steps = 1"
 
 
 def _accumulates(function, micro_step_id: int, boundary: bool) -> bool:
