@@ -76,9 +76,13 @@ def tests_oldest_python(session):
     session.run("pytest", "-q", "-m", "not slow", *session.posargs)
 
 
-# One release per boundary and source variant: before ds-A (0.15.1), oldest affected
-# (0.15.2), variant 1 (0.16.4, 0.18.2), variant 2 (0.18.3, 0.18.9), first fixed (0.19.0).
-DEEPSPEED_RELEASES = ["0.15.1", "0.15.2", "0.16.4", "0.18.2", "0.18.3", "0.18.9", "0.19.0"]
+# One release per boundary and source variant. ds-zero2-offload-multi-backward only:
+# 0.14.5. ds-zero2-offload-ga: 0.15.1 (last before), 0.15.2 (oldest affected), variant 1
+# (0.16.4, 0.16.9, 0.18.2), variant 2 (0.18.3, 0.18.6, 0.18.9). ds-zero2-epilogue-reset:
+# 0.17.6 (oldest affected) to 0.18.2, 0.18.3 first fixed. 0.19.0 first fixed for the
+# offload bugs, 0.19.8 the newest release.
+DEEPSPEED_RELEASES = ["0.14.5", "0.15.1", "0.15.2", "0.16.4", "0.16.9", "0.17.6", "0.18.2", "0.18.3", "0.18.6",
+                      "0.18.9", "0.19.0", "0.19.8"]
 DEEPSPEED_DEPENDENCIES = ["hjson", "msgpack", "ninja", "numpy", "psutil", "py-cpuinfo", "pydantic", "tqdm",
                           "einops", "setuptools", "wheel"]
 
@@ -89,7 +93,7 @@ def deepspeed(session):
     (DS_BUILD_OPS=0) in its own folder under ~/.cache/gradfix/deepspeed, put on
     PYTHONPATH by the tests, and installed once."""
     install_cached(session, "torch==2.13.0", group="torch")  # alone first: the local CPU wheel
-    install_cached(session, *TEST_REQUIREMENTS, "wrapt>=2,<3", *DEEPSPEED_DEPENDENCIES)
+    install_cached(session, *TEST_REQUIREMENTS, "pytest-xdist", "wrapt>=2,<3", *DEEPSPEED_DEPENDENCIES)
     install_gradfix(session)
     releases = CACHE / "deepspeed"
     for release in DEEPSPEED_RELEASES:
@@ -100,8 +104,8 @@ def deepspeed(session):
         session.run("python", "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
                     "--target", str(partial), f"deepspeed=={release}", env={"DS_BUILD_OPS": "0"})
         partial.rename(target)
-    session.run("pytest", "-q", "tests/deepspeed_releases", *session.posargs,
-                env={"GRADFIX_DS_RELEASES": str(releases)})
+    session.run("pytest", "-q", "-n", str(min(os.cpu_count() or 1, 4)), "tests/deepspeed_releases",
+                *session.posargs, env={"GRADFIX_DS_RELEASES": str(releases)})
 
 
 @nox.session(python="3.11")
@@ -109,7 +113,7 @@ def bench_deepspeed(session):
     """Step time of patched buggy DeepSpeed vs the first fixed release (needs the
     releases the `deepspeed` session installs; not part of the default run)."""
     install_cached(session, "torch==2.13.0", group="torch")
-    install_cached(session, *TEST_REQUIREMENTS, "wrapt>=2,<3", *DEEPSPEED_DEPENDENCIES)
+    install_cached(session, *TEST_REQUIREMENTS, "pytest-xdist", "wrapt>=2,<3", *DEEPSPEED_DEPENDENCIES)
     install_gradfix(session)
     session.run("python", "benchmarks/deepspeed_step.py", *session.posargs)
 

@@ -1,7 +1,8 @@
 """The ``gradfix`` command line (also ``python -m gradfix``).
 
 Exit codes: 0 all is well; 1 something needs attention (an UNSUPPORTED or FAILED
-patch, or a problem found by doctor); 2 usage error or catalog errors. ``run``
+patch, a problem found by doctor, or a `verify` run that is wrong with gradfix); 2
+usage error, catalog errors, or `verify` could not run. ``run``
 replaces itself with the command, so its exit code is the command's (127 when
 the command cannot be found).
 """
@@ -108,6 +109,12 @@ def cmd_run(args) -> int:
     return OK  # not reached
 
 
+def cmd_verify(args) -> int:
+    from . import verify  # imports nothing heavy itself; the runs happen in subprocesses
+
+    return verify.main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gradfix",
@@ -138,6 +145,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--disable", metavar="IDS", help="set GRADFIX_DISABLE (comma-separated ids or *)")
     p.add_argument("command", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("verify", help="check the installed DeepSpeed's gradient accumulation, without "
+                       "and with gradfix, against a plain PyTorch reference",
+                       description="Train a tiny model a few steps three times (DeepSpeed without gradfix, "
+                       "with gradfix, plain PyTorch) and compare. Exit codes: 0 the run with gradfix matches "
+                       "the reference, 1 it does not, 2 verify could not run.")
+    p.add_argument("--ds-config", metavar="PATH", help="your DeepSpeed JSON (default: ZeRO-2, CPU optimizer "
+                   "offload, GA 4, fp32); \"auto\" values are resolved, the optimizer is replaced by SGD")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"),
+                   help="override the config's precision (default: what the config says; fp32 for auto)")
+    p.add_argument("--ga", type=int, metavar="N", help="override gradient_accumulation_steps")
+    p.add_argument("--backwards", type=int, default=1, metavar="K",
+                   help="backward() calls per optimizer step, for GA 1 with several backwards (default 1)")
+    p.add_argument("--steps", type=int, default=3, help="optimizer steps per run (default 3)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where DeepSpeed runs (default: cuda when available, else cpu)")
+    p.add_argument("--timeout", type=float, default=600, help="seconds per run before giving up (default 600)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_verify)
     return parser
 
 

@@ -1,0 +1,213 @@
+"""`gradfix verify`: does the installed DeepSpeed accumulate gradients correctly for
+a configuration, and does gradfix make it so?
+
+It trains a tiny model a few optimizer steps three times, each in its own process:
+with DeepSpeed and gradfix off, with DeepSpeed and gradfix on, and as a plain
+PyTorch fp32 loop doing the same accumulation (the reference). It prints how far
+each step's parameters are from the reference (relative to the reference's
+update) and the gradient norm of every step, which patches acted, and a verdict.
+
+Exit codes: 0 the run with gradfix matches the reference; 1 it does not; 2 verify
+could not run (no DeepSpeed, bad configuration, a run failed).
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+from . import compare, dsconfig
+
+OK, WRONG, CANNOT_RUN = 0, 1, 2
+RUNS = (  # label, worker mode, GRADFIX value
+    ("reference", "reference", "0"),
+    ("without gradfix", "deepspeed", "0"),
+    ("with gradfix", "deepspeed", "1"),
+)
+
+
+class RunFailed(Exception):
+    pass
+
+
+def _device(requested):
+    if requested != "auto":
+        return requested
+    try:
+        import torch
+    except ImportError:
+        return "cpu"
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _worker_env(gradfix_value, device):
+    launcher_variables = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
+                          "MASTER_PORT")  # each run is a single process of its own
+    env = {k: v for k, v in os.environ.items() if k not in launcher_variables}
+    env["GRADFIX"] = gradfix_value
+    if device == "cpu":
+        env["DS_ACCELERATOR"] = "cpu"
+    return env
+
+
+def _start(mode, gradfix_value, config_path, options):
+    argv = [sys.executable, "-m", "gradfix.verify.worker", "--mode", mode, "--config", config_path,
+            "--device", options.device, "--steps", str(options.steps), "--backwards", str(options.backwards)]
+    return subprocess.Popen(argv, env=_worker_env(gradfix_value, options.device), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _result(label, process, timeout):
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        raise RunFailed(f"the run {label} took longer than {timeout} s (--timeout)") from None
+    lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
+    if process.returncode != 0 or not lines:
+        raise RunFailed(f"the run {label} failed (exit code {process.returncode}):\n{_error_tail(stderr or stdout)}"
+                        f"{_hint(stderr or stdout)}")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def _error_tail(text, lines=12):
+    """The end of a failed run's output, without the noise of destructors that fail
+    after the real error."""
+    text = text.split("Exception ignored in:")[0].strip()
+    return "\n".join("    " + line for line in text.splitlines()[-lines:])
+
+
+def _hint(text):
+    if "fp16 is not supported" in text:
+        return ("\nDeepSpeed's CPU accelerator has no fp16. Run verify where the job runs (--device cuda), or "
+                "check the same accumulation path with --precision bf16.")
+    if "No module named" in text:
+        return "\nThe runs use this Python environment; install what is missing there."
+    return ""
+
+
+def _deepspeed_importable():
+    import importlib.util
+
+    return importlib.util.find_spec("deepspeed") is not None
+
+
+def run_all(config, options):
+    """Start the three runs (the DeepSpeed ones concurrently, after the reference has
+    started) and return their results by label."""
+    with tempfile.TemporaryDirectory(prefix="gradfix-verify-") as folder:
+        config_path = os.path.join(folder, "ds_config.json")
+        with open(config_path, "w") as handle:
+            json.dump(config, handle)
+        processes = [(label, _start(mode, value, config_path, options)) for label, mode, value in RUNS]
+        results, failure = {}, None
+        for label, process in processes:
+            try:
+                results[label] = _result(label, process, options.timeout)
+            except RunFailed as exc:
+                failure = failure or exc
+        if failure:
+            raise failure
+        return results
+
+
+def _verdict(without, with_fix, version):
+    if with_fix.correct and not without.correct:
+        return OK, (f"DeepSpeed {version} computes wrong gradients for this configuration; with gradfix "
+                    "they match the reference. Keep gradfix active in every process of these runs.")
+    if with_fix.correct:
+        return OK, f"DeepSpeed {version} accumulates this configuration correctly; gradfix changes nothing here."
+    if without.correct:
+        return WRONG, ("the run WITH gradfix is wrong and the one without is right: run without gradfix "
+                       "(GRADFIX=0) and report this output to the gradfix maintainers.")
+    return WRONG, (f"DeepSpeed {version} computes wrong gradients for this configuration and gradfix does "
+                   "not correct them: this is a bug gradfix does not cover (yet). Please report this output "
+                   "to the gradfix maintainers.")
+
+
+class Outcome:
+    """The three runs compared: per-run comparisons, exit code and verdict."""
+
+    def __init__(self, config, changes, results):
+        self.config, self.changes, self.results = config, changes, results
+        self.precision = dsconfig.precision_of(config)
+        self.version = results["without gradfix"].get("deepspeed", "?")
+        self.comparisons = {label: compare.Comparison(results[label], results["reference"], self.precision)
+                            for label in ("without gradfix", "with gradfix")}
+        self.code, self.verdict = _verdict(self.comparisons["without gradfix"], self.comparisons["with gradfix"],
+                                           self.version)
+
+    def to_dict(self):
+        return {"deepspeed": self.version, "config": self.config, "changes": self.changes,
+                "precision": self.precision, "verdict": self.verdict, "exit_code": self.code,
+                "reference_grad_norms": self.results["reference"]["grad_norms"],
+                "runs": {label: dict(comparison.to_dict(), grad_norms=self.results[label]["grad_norms"],
+                                     gradfix=self.results[label].get("gradfix"))
+                         for label, comparison in self.comparisons.items()}}
+
+    def write(self, out):
+        say = lambda line="": print(line, file=out)  # noqa: E731
+        reference = self.results["reference"]
+        say(f"gradfix verify: DeepSpeed {self.version}, {dsconfig.describe(self.config)}, "
+            f"{len(reference['params'])} optimizer steps on a tiny model")
+        for change in self.changes:
+            say(f"  config: {change}")
+        say()
+        say(f"  {'run':<17}{'update error vs reference':<28}{'grad norm per step':<28}")
+        say(f"  {'reference':<17}{'-':<28}{compare.norms_text(reference['grad_norms']):<28}")
+        for label, comparison in self.comparisons.items():
+            say(f"  {label:<17}{compare.percent_text(comparison.update_errors):<28}"
+                f"{compare.norms_text(self.results[label]['grad_norms']):<28}"
+                f"{'matches' if comparison.correct else 'WRONG'}")
+        for line in compare.evidence_text(self.results["with gradfix"].get("gradfix")):
+            say(f"  gradfix: {line}")
+        say()
+        say(f"Verdict: {self.verdict}")
+        say(f"(Update error: distance of the parameters from the plain PyTorch fp32 reference after each "
+            f"step, relative to the reference's update; matches when every step is within "
+            f"{100 * compare.TOLERANCE[self.precision]:g}% for {self.precision}. One process: data-parallel "
+            f"averaging is not part of this check.)")
+
+
+def _config(options):
+    if options.ds_config:
+        config, changes = dsconfig.adapt(dsconfig.load(options.ds_config), options.precision)
+    else:
+        config, changes = dsconfig.default_config(precision=options.precision or "fp32"), []
+    if options.ga is not None:
+        if options.ga < 1:
+            raise dsconfig.ConfigError(f"--ga must be 1 or more, not {options.ga}")
+        config["gradient_accumulation_steps"] = options.ga
+        changes.append(f"gradient_accumulation_steps = {options.ga} (--ga)")
+    return config, changes
+
+
+def main(options, out=sys.stdout, err=sys.stderr):
+    try:
+        config, changes = _config(options)
+    except dsconfig.ConfigError as exc:
+        print(f"gradfix verify: {exc}", file=err)
+        return CANNOT_RUN
+    if options.steps < 1 or options.backwards < 1:
+        print("gradfix verify: --steps and --backwards must be 1 or more", file=err)
+        return CANNOT_RUN
+    if not _deepspeed_importable():
+        print("gradfix verify: DeepSpeed is not installed in this Python environment "
+              f"({sys.executable}); install the release you train with, then run it again.", file=err)
+        return CANNOT_RUN
+    options.device = _device(options.device)
+    started = time.monotonic()
+    try:
+        outcome = Outcome(config, changes, run_all(config, options))
+    except RunFailed as exc:
+        print(f"gradfix verify: {exc}", file=err)
+        return CANNOT_RUN
+    if options.json:
+        print(json.dumps(outcome.to_dict(), indent=2), file=out)
+    else:
+        outcome.write(out)
+        print(f"({time.monotonic() - started:.0f} s)", file=out)
+    return outcome.code

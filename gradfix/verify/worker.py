@@ -1,0 +1,140 @@
+"""One training run for `gradfix verify` (and the DeepSpeed release tests): a tiny
+model trained a few optimizer steps with real DeepSpeed, or with a plain PyTorch
+loop doing the same accumulation in fp32 (the reference). Prints one line
+``RESULT <json>`` with the parameters after every optimizer step, the gradient
+norms and, when gradfix is imported, its patch records.
+
+    python -m gradfix.verify.worker --mode deepspeed --config ds.json
+    python -m gradfix.verify.worker --mode reference --config ds.json --world 2
+
+The DeepSpeed run takes its rank and world size from the usual environment
+variables (set by torchrun); with none set it runs as a single process. Each rank
+trains on its own micro-batches; the reference averages over all of them, as
+DeepSpeed's data-parallel reduction does.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+
+IN, HIDDEN, OUT, LR = 8, 16, 4, 0.1
+
+
+def build_model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(IN, HIDDEN), torch.nn.Tanh(), torch.nn.Linear(HIDDEN, OUT))
+
+
+def micro_batch(step, micro, rank, size):
+    """The micro-batch of one rank, the same in every run and independent of the others."""
+    generator = torch.Generator().manual_seed(1_000_003 * step + 1_009 * micro + rank)
+    return torch.randn(size, IN, generator=generator), torch.randn(size, OUT, generator=generator)
+
+
+def flat(net):
+    return torch.cat([p.detach().float().reshape(-1).cpu() for p in net.parameters()]).tolist()
+
+
+def window(config, backwards):
+    """(micro-batch size, backward() calls per optimizer step, GA divisor)."""
+    ga = int(config.get("gradient_accumulation_steps", 1))
+    return int(config.get("train_micro_batch_size_per_gpu", 1)), max(ga, backwards), ga
+
+
+def run_reference(config, args):
+    size, per_step, ga = window(config, args.backwards)
+    clip = float(config.get("gradient_clipping", 0.0) or 0.0)
+    net = build_model()
+    initial = flat(net)
+    optimizer = torch.optim.SGD(net.parameters(), lr=LR)
+    params, norms = [], []
+    for step in range(args.steps):
+        for rank in range(args.world):
+            for micro in range(per_step):
+                x, y = micro_batch(step, micro, rank, size)
+                loss = torch.nn.functional.mse_loss(net(x), y)
+                (loss / (ga * args.world)).backward()  # DeepSpeed: 1/GA per micro-batch, mean over ranks
+        norms.append(torch.cat([p.grad.reshape(-1) for p in net.parameters()]).norm().item())
+        if clip > 0:
+            torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
+        optimizer.step()
+        optimizer.zero_grad()
+        params.append(flat(net))
+    return {"initial": initial, "params": params, "grad_norms": norms, "world": args.world}
+
+
+def _distributed_environment(device):
+    # LOCAL_SIZE 0: DeepSpeed's CPU shared-memory all-reduce stays off (reductions go
+    # through gloo). It would leave a 64 MiB file in /dev/shm behind after every run.
+    defaults = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_SIZE": "0",
+                "LOCAL_WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}
+    for name, value in defaults.items():
+        os.environ.setdefault(name, value)
+    os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 20000))
+    if device == "cpu":
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+def run_deepspeed(config, args):
+    _distributed_environment(args.device)
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend="gloo" if args.device == "cpu" else "nccl")
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    size, per_step, _ = window(config, args.backwards)
+    net = build_model()
+    initial = flat(net)
+    engine, _, _, _ = deepspeed.initialize(model=net, optimizer=torch.optim.SGD(net.parameters(), lr=LR),
+                                           config=config)
+    dtype = next(engine.module.parameters()).dtype
+    device = next(engine.module.parameters()).device
+    several_backwards = args.backwards > 1
+    params, norms = [], []
+    for step in range(args.steps):
+        for micro in range(per_step):
+            x, y = (t.to(device=device, dtype=dtype) for t in micro_batch(step, micro, rank, size))
+            loss = torch.nn.functional.mse_loss(engine(x), y)
+            if several_backwards:  # the caller marks the inner backwards itself
+                engine.set_gradient_accumulation_boundary(micro == per_step - 1)
+            engine.backward(loss)
+            if not several_backwards:
+                engine.step()
+        if several_backwards:
+            engine.step()
+        norm = engine.get_global_grad_norm()
+        norms.append(float(norm) if norm is not None else None)
+        params.append(flat(engine.module))
+    return {"initial": initial, "params": params, "grad_norms": norms, "world": world, "rank": rank,
+            "deepspeed": deepspeed.__version__, "dtype": str(dtype).replace("torch.", "")}
+
+
+def gradfix_records():
+    gradfix = sys.modules.get("gradfix")
+    if gradfix is None:
+        return None
+    return {s.id: {"state": s.state, "hits": s.hits, "evidence": s.evidence, "reason": s.reason} for s in gradfix.status()}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mode", choices=("deepspeed", "reference"), required=True)
+    parser.add_argument("--config", required=True, help="DeepSpeed JSON with every value resolved")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--backwards", type=int, default=1, help="backward() calls per optimizer step (GA 1)")
+    parser.add_argument("--world", type=int, default=1, help="reference only: data-parallel ranks to average")
+    args = parser.parse_args(argv)
+    with open(args.config) as handle:
+        config = json.load(handle)
+    torch.backends.cuda.matmul.allow_tf32 = False  # keep GPU runs comparable with the fp32 reference
+    result = (run_deepspeed if args.mode == "deepspeed" else run_reference)(config, args)
+    result["gradfix"] = gradfix_records()
+    if result.get("rank", 0) == 0:
+        print("RESULT " + json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""Running the shipped verify worker (gradfix.verify.worker) against one cached
+DeepSpeed release, in a subprocess, and comparing results."""
+
+import functools
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from gradfix.verify import compare, dsconfig
+
+from helpers import clean_env
+
+FIRST_FIXED = "0.19.0"
+
+
+def releases_folder():
+    folder = os.environ.get("GRADFIX_DS_RELEASES")
+    return Path(folder) if folder else None
+
+
+def version(release):
+    return tuple(map(int, release.split(".")))
+
+
+def releases():
+    folder = releases_folder()
+    return sorted((p.name[len("ds-"):] for p in folder.glob("ds-*")), key=version) if folder else []
+
+
+def release_env(release, **extra):
+    """The environment of a run with ``release`` importable (None: no DeepSpeed)."""
+    env = clean_env(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", **extra)
+    if release is not None:
+        folder = releases_folder()
+        env.update(PYTHONPATH=str(folder / f"ds-{release}"), TORCH_EXTENSIONS_DIR=str(folder / f"ext-{release}"))
+    return env
+
+
+@functools.lru_cache(maxsize=None)
+def train(release, patched, config_items, backwards=1, world=1):
+    """One worker run; ``release`` None is the plain PyTorch reference. ``config_items``
+    is ``tuple(sorted(default_config options))``, hashable for the cache."""
+    config = dsconfig.default_config(**dict(config_items))
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
+        json.dump(config, handle)
+    options = ["--config", handle.name, "--backwards", str(backwards)]
+    if release is None:
+        argv = [sys.executable, "-m", "gradfix.verify.worker", "--mode", "reference", "--world", str(world), *options]
+    else:
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(world),
+                    "--master_port", str(29500 + os.getpid() % 1000 + world)] if world > 1 else [sys.executable]
+        argv = [*launcher, "-m", "gradfix.verify.worker", "--mode", "deepspeed", *options]
+    env = release_env(release, GRADFIX="1" if patched else "0")
+    try:
+        proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600, cwd=tempfile.gettempdir())
+    finally:
+        os.unlink(handle.name)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, f"{argv} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return json.loads(lines[0][len("RESULT "):])
+
+
+def config(**options):
+    return tuple(sorted(options.items()))
+
+
+def update_error(result, reference):
+    """Largest per-step update error (see gradfix.verify.compare)."""
+    return max(compare.Comparison(result, reference, "fp32").update_errors)
+
+
+def same_gradients(result, reference, tolerance=1e-6):
+    norms_ok = all(abs(a - b) <= tolerance * abs(b) + 1e-9 for a, b in zip(result["grad_norms"], reference["grad_norms"]))
+    return update_error(result, reference) <= tolerance and norms_ok

@@ -1,0 +1,89 @@
+"""`gradfix verify`, the README's main demo, end to end against real DeepSpeed
+releases: the command a user runs, its output and its exit code."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from dsrun import FIRST_FIXED, release_env, releases
+
+BUGGY = "0.18.2"
+needs = lambda *wanted: pytest.mark.skipif(  # noqa: E731
+    not set(wanted) <= set(releases()), reason=f"needs DeepSpeed {', '.join(wanted)} in GRADFIX_DS_RELEASES")
+
+
+def verify(release, *args, cwd):
+    return subprocess.run([sys.executable, "-m", "gradfix", "verify", *args], env=release_env(release),
+                          capture_output=True, text=True, timeout=900, cwd=cwd)
+
+
+def run_line(stdout, label):
+    (line,) = [line for line in stdout.splitlines() if line.strip().startswith(label)]
+    return line
+
+
+@needs(BUGGY)
+def test_default_configuration_shows_the_bug_and_the_fix(tmp_path):
+    proc = verify(BUGGY, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"DeepSpeed {BUGGY}, ZeRO-2, offload_optimizer=cpu, GA 4" in proc.stdout
+    assert run_line(proc.stdout, "without gradfix").endswith("WRONG")
+    assert run_line(proc.stdout, "with gradfix").endswith("matches")
+    assert "ds-zero2-offload-ga: applied, corrected 6 accumulation micro-steps" in proc.stdout
+    assert "computes wrong gradients for this configuration; with gradfix they match" in proc.stdout
+
+
+@needs(FIRST_FIXED)
+def test_fixed_release_is_reported_correct(tmp_path):
+    proc = verify(FIRST_FIXED, "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    outcome = json.loads(proc.stdout)
+    assert outcome["runs"]["without gradfix"]["correct"] and outcome["runs"]["with gradfix"]["correct"]
+    assert "gradfix changes nothing here" in outcome["verdict"]
+    assert {r["state"] for r in outcome["runs"]["with gradfix"]["gradfix"].values()} == {"not_needed"}
+
+
+@needs("0.16.9")
+def test_user_config_with_auto_values(tmp_path):
+    """A LLaMA-Factory-style ZeRO-2 offload config on the newest release LLaMA-Factory
+    0.9.3 allows, with bf16 chosen on the command line."""
+    from test_verify_config import AUTO_ZERO2_OFFLOAD
+
+    (tmp_path / "ds_z2_offload.json").write_text(json.dumps(AUTO_ZERO2_OFFLOAD))
+    proc = verify("0.16.9", "--ds-config", "ds_z2_offload.json", "--precision", "bf16", "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    outcome = json.loads(proc.stdout)
+    assert outcome["precision"] == "bf16" and outcome["config"]["gradient_clipping"] == 1.0
+    assert not outcome["runs"]["without gradfix"]["correct"]
+    assert outcome["runs"]["with gradfix"]["correct"]
+    assert outcome["runs"]["with gradfix"]["gradfix"]["ds-zero2-offload-ga"]["hits"] == 6
+
+
+@needs(BUGGY)
+def test_several_backwards_per_step(tmp_path):
+    proc = verify(BUGGY, "--ga", "1", "--backwards", "4", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert run_line(proc.stdout, "without gradfix").endswith("WRONG")
+    assert "ds-zero2-offload-multi-backward: applied, corrected 12 backward passes" in proc.stdout
+
+
+@needs(BUGGY)
+def test_fp16_on_cpu_explains_itself(tmp_path):
+    proc = verify(BUGGY, "--precision", "fp16", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "CPU accelerator has no fp16" in proc.stderr and "Exception ignored" not in proc.stderr
+
+
+@needs(BUGGY)
+def test_plain_zero2_config(tmp_path):
+    """ZeRO-2 without offload on 0.17.6-0.18.2 (ds-zero2-epilogue-reset)."""
+    plain = {"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 4, "zero_optimization": {"stage": 2}}
+    (tmp_path / "zero2.json").write_text(json.dumps(plain))
+    proc = verify(BUGGY, "--ds-config", "zero2.json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "ZeRO-2, offload_optimizer=none, GA 4" in proc.stdout
+    assert run_line(proc.stdout, "without gradfix").endswith("WRONG")
+    assert run_line(proc.stdout, "with gradfix").endswith("matches")
+    assert "ds-zero2-epilogue-reset: applied, corrected 9 accumulation micro-steps" in proc.stdout
