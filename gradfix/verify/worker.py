@@ -107,6 +107,9 @@ def run_deepspeed(config, args):
         norm = engine.get_global_grad_norm()
         norms.append(float(norm) if norm is not None else None)
         params.append(flat(engine.module))
+    if torch.distributed.is_initialized():  # a clean shutdown: gloo aborts at exit otherwise
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
     return {"initial": initial, "params": params, "grad_norms": norms, "world": world, "rank": rank,
             "deepspeed": deepspeed.__version__, "dtype": str(dtype).replace("torch.", "")}
 
