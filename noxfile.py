@@ -124,3 +124,15 @@ def bench(session):
     install_cached(session, "packaging>=21", "wrapt>=2,<3")
     session.run("python", "benchmarks/startup.py", *session.posargs)
     session.run("python", "benchmarks/import_cost.py", *session.posargs)
+
+
+@nox.session(python="3.11")
+def signature(session):
+    """Grad-norm and loss curves of SFT with ZeRO-2 + offload + GA 8: buggy, patched,
+    first fixed (benchmarks/results/signature.png; needs the `deepspeed` session's
+    releases; not part of the default run)."""
+    install_cached(session, "torch==2.13.0", group="torch")
+    install_cached(session, *TEST_REQUIREMENTS, "pytest-xdist", "wrapt>=2,<3", *DEEPSPEED_DEPENDENCIES)
+    install_cached(session, "matplotlib", group="plotting")
+    install_gradfix(session)
+    session.run("python", "benchmarks/signature.py", *session.posargs)

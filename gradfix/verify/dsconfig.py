@@ -22,8 +22,10 @@ class ConfigError(ValueError):
 
 
 def default_config(stage=2, offload="cpu", ga=DEFAULT_GA, precision="fp32", clipping=0.0,
-                   micro_batch=DEFAULT_MICRO_BATCH):
+                   micro_batch=DEFAULT_MICRO_BATCH, overlap_comm=None):
     zero = {"stage": stage}
+    if overlap_comm is not None:
+        zero["overlap_comm"] = overlap_comm
     if offload != "none":
         zero["offload_optimizer"] = {"device": offload}
     config = {

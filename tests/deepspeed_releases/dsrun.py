@@ -9,7 +9,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from gradfix.verify import compare, dsconfig
+from gradfix.verify import compare, dsconfig, worker
+
+WORKER = worker.__file__
 
 from helpers import clean_env
 
@@ -46,13 +48,15 @@ def train(release, patched, config_items, backwards=1, world=1):
     config = dsconfig.default_config(**dict(config_items))
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
         json.dump(config, handle)
-    options = ["--config", handle.name, "--backwards", str(backwards)]
+    # The worker runs as a plain script, so gradfix is active only through GRADFIX=1
+    # (the start-up file): nothing in the training process imports it.
+    options = [WORKER, "--config", handle.name, "--backwards", str(backwards)]
     if release is None:
-        argv = [sys.executable, "-m", "gradfix.verify.worker", "--mode", "reference", "--world", str(world), *options]
+        argv = [sys.executable, *options, "--mode", "reference", "--world", str(world)]
     else:
         launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(world),
                     "--master_port", str(29500 + os.getpid() % 1000 + world)] if world > 1 else [sys.executable]
-        argv = [*launcher, "-m", "gradfix.verify.worker", "--mode", "deepspeed", *options]
+        argv = [*launcher, *options, "--mode", "deepspeed"]
     env = release_env(release, GRADFIX="1" if patched else "0")
     try:
         proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600, cwd=tempfile.gettempdir())

@@ -23,6 +23,7 @@ def check_release(release, options, patch_id, affected, hits, backwards=1, first
     reference = train(None, False, options, backwards)
     unpatched, patched = train(release, False, options, backwards), train(release, True, options, backwards)
     record = patched["gradfix"][patch_id]
+    assert unpatched["gradfix"] is None  # GRADFIX=0: the start-up file did not even import gradfix
     if affected:
         assert not same_gradients(unpatched, reference, 1e-2), "the unpatched buggy release should be wrong"
         assert unpatched["grad_norms"][0] < reference["grad_norms"][0]  # the truncated gradient's norm
@@ -64,6 +65,8 @@ CONFIGURATIONS = {
     "ga8": config(stage=2, offload="cpu", ga=8),
     "clip": config(stage=2, offload="cpu", ga=4, clipping=0.5),  # clipping sees the full norm
     "zero1": config(stage=1, offload="cpu", ga=4),  # ZeRO-1 + offload must stay correct (the leak trap)
+    "overlap-comm": config(stage=2, offload="cpu", ga=4, overlap_comm=True),
+    "no-offload-overlap-comm": config(stage=2, offload="none", ga=4, overlap_comm=True),
     "zero1-no-offload": config(stage=1, offload="none", ga=4),  # not affected by any of the bugs
     "no-offload-ga2": config(stage=2, offload="none", ga=2),  # ds-D needs only N = 2
     "no-offload-bf16": config(stage=2, offload="none", ga=4, precision="bf16"),
@@ -110,7 +113,7 @@ def test_bf16_matches_the_first_fixed_release(release):
 
 # Two data-parallel ranks on the CPU accelerator work up to 0.18.6 and from 0.19.0
 # (0.18.7-0.18.9 crash in step() there, a loud failure fixed upstream in 0.19.0).
-TWO_RANK_RELEASES = ["0.16.9", "0.18.2", "0.18.6", "0.19.0"]
+TWO_RANK_RELEASES = ["0.16.9", "0.18.2", "0.18.6", "0.19.0", "0.19.8"]
 
 
 @pytest.mark.parametrize("offload", ["cpu", "none"])
