@@ -9,6 +9,7 @@ every change is listed so the user sees exactly what was checked.
 
 import copy
 import json
+import tempfile
 
 DEFAULT_MICRO_BATCH = 2
 DEFAULT_GA = 4  # the smallest window that shows the ZeRO-2 offload bug (N >= 3)
@@ -26,7 +27,9 @@ def default_config(stage=2, offload="cpu", ga=DEFAULT_GA, precision="fp32", clip
     zero = {"stage": stage}
     if overlap_comm is not None:
         zero["overlap_comm"] = overlap_comm
-    if offload != "none":
+    if offload == "nvme":  # ZeRO-1/2 keep optimizer state in CPU memory even then; the path is not used
+        zero["offload_optimizer"] = {"device": "nvme", "nvme_path": tempfile.gettempdir()}
+    elif offload != "none":
         zero["offload_optimizer"] = {"device": offload}
     config = {
         "train_micro_batch_size_per_gpu": micro_batch,

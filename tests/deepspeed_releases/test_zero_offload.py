@@ -65,6 +65,7 @@ CONFIGURATIONS = {
     "ga8": config(stage=2, offload="cpu", ga=8),
     "clip": config(stage=2, offload="cpu", ga=4, clipping=0.5),  # clipping sees the full norm
     "zero1": config(stage=1, offload="cpu", ga=4),  # ZeRO-1 + offload must stay correct (the leak trap)
+    "nvme": config(stage=2, offload="nvme", ga=4),  # runs on CPU: stage 1/2 need no NVMe I/O op
     "overlap-comm": config(stage=2, offload="cpu", ga=4, overlap_comm=True),
     "no-offload-overlap-comm": config(stage=2, offload="none", ga=4, overlap_comm=True),
     "zero1-no-offload": config(stage=1, offload="none", ga=4),  # not affected by any of the bugs
