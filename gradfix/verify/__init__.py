@@ -96,8 +96,7 @@ def _deepspeed_importable():
 
 
 def run_all(config, options):
-    """Start the three runs (the DeepSpeed ones concurrently, after the reference has
-    started) and return their results by label."""
+    """Run the three concurrently and return their results by label."""
     with tempfile.TemporaryDirectory(prefix="gradfix-verify-") as folder:
         config_path = os.path.join(folder, "ds_config.json")
         with open(config_path, "w") as handle:

@@ -158,7 +158,8 @@ def _drop_auto(section, prefix, changes):
 
 
 def precision_of(config):
-    return _config_precision(config) if _config_precision(config) != "auto" else "fp32"
+    precision = _config_precision(config)
+    return "fp32" if precision == "auto" else precision
 
 
 def describe(config):

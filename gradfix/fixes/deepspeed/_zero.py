@@ -4,6 +4,8 @@ everything works on the optimizer instance handed to the wrappers."""
 import types
 import weakref
 
+from gradfix import gates
+
 TARGET = "deepspeed.runtime.zero.stage_1_and_2"
 CLASS = "DeepSpeedZeroOptimizer"
 
@@ -11,6 +13,23 @@ CLASS = "DeepSpeedZeroOptimizer"
 def optimizer_class(module):
     cls = getattr(module, CLASS, None)
     return cls if isinstance(cls, type) else None
+
+
+def own_function(module, name, *also_needed):
+    """The optimizer class's own function ``name`` (unbound, for the probes), or None
+    when the class, that function or any of ``also_needed`` is missing."""
+    cls = optimizer_class(module)
+    if cls is None or any(needed not in vars(cls) for needed in (name, *also_needed)):
+        return None
+    return vars(cls)[name]
+
+
+def missing(*names):
+    return gates.unknown(f"{CLASS}." + " or .".join(names) + " is missing")
+
+
+def probe_failed(name, exc):
+    return gates.unknown(f"{name} failed on the probe: {type(exc).__name__}: {exc}")
 
 
 def at_boundary(optimizer) -> bool:

@@ -20,7 +20,7 @@ import threading
 from gradfix import gates
 
 from . import _zero
-from ._zero import optimizer_class, stand_in
+from ._zero import missing, optimizer_class, own_function, probe_failed, stand_in
 
 TARGET = _zero.TARGET  # the module whose import triggers this patch
 METHOD = "independent_gradient_partition_epilogue"
@@ -58,14 +58,13 @@ def _accumulator_after_middle_step(function):
 
 
 def probe(module):
-    cls = optimizer_class(module)
-    function = vars(cls).get(METHOD) if cls else None
-    if function is None or FETCH not in vars(cls):
-        return gates.unknown(f"DeepSpeedZeroOptimizer.{METHOD} or .{FETCH} is missing")
+    function = own_function(module, METHOD, FETCH)
+    if function is None:
+        return missing(METHOD, FETCH)
     try:
         value = _accumulator_after_middle_step(function)
     except Exception as exc:
-        return gates.unknown(f"{METHOD} failed on the probe: {type(exc).__name__}: {exc}")
+        return probe_failed(METHOD, exc)
     if value == 3.0:
         return gates.fixed()
     if value == 1.0:

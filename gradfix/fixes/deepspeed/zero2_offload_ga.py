@@ -18,7 +18,8 @@ the boundary.
 from gradfix import gates
 
 from . import _zero
-from ._zero import MicroStepCounter, at_boundary, low_precision_master, optimizer_class, param_argument, stand_in
+from ._zero import (MicroStepCounter, at_boundary, low_precision_master, missing, optimizer_class, own_function,
+                    param_argument, probe_failed, stand_in)
 
 TARGET = _zero.TARGET  # the module whose import triggers this patch
 METHOD = "async_accumulate_grad_in_cpu_via_gpu"
@@ -56,14 +57,13 @@ def _run_probe(function, low_precision: bool) -> float:
 
 
 def probe(module):
-    cls = optimizer_class(module)
-    function = vars(cls).get(METHOD) if cls else None
+    function = own_function(module, METHOD)
     if function is None:
-        return gates.unknown(f"DeepSpeedZeroOptimizer.{METHOD} is missing")
+        return missing(METHOD)
     try:
         results = {mode: _run_probe(function, mode) for mode in (False, True)}
     except Exception as exc:
-        return gates.unknown(f"{METHOD} failed on the probe: {type(exc).__name__}: {exc}")
+        return probe_failed(METHOD, exc)
     if all(value == 3.0 for value in results.values()):
         return gates.fixed()
     if all(value == 2.0 for value in results.values()):

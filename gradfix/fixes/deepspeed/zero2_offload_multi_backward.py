@@ -14,7 +14,8 @@ On 0.15.2-0.18.9 the accumulator itself needs ds-zero2-offload-ga as well.
 from gradfix import gates
 
 from . import _zero
-from ._zero import MicroStepCounter, at_boundary, optimizer_class, param_argument, stand_in
+from ._zero import (MicroStepCounter, at_boundary, missing, optimizer_class, own_function, param_argument,
+                    probe_failed, stand_in)
 
 TARGET = _zero.TARGET  # the module whose import triggers this patch
 METHOD = "copy_grads_in_partition"
@@ -45,16 +46,15 @@ def _accumulates(function, micro_step_id: int, boundary: bool) -> bool:
 
 
 def probe(module):
-    cls = optimizer_class(module)
-    function = vars(cls).get(METHOD) if cls else None
-    if function is None or ACCUMULATE not in vars(cls):
-        return gates.unknown(f"DeepSpeedZeroOptimizer.{METHOD} or .{ACCUMULATE} is missing")
+    function = own_function(module, METHOD, ACCUMULATE)
+    if function is None:
+        return missing(METHOD, ACCUMULATE)
     try:
         inner = _accumulates(function, micro_step_id=0, boundary=False)
         last = _accumulates(function, micro_step_id=3, boundary=True)
         lone = _accumulates(function, micro_step_id=0, boundary=True)
     except Exception as exc:
-        return gates.unknown(f"{METHOD} failed on the probe: {type(exc).__name__}: {exc}")
+        return probe_failed(METHOD, exc)
     if lone:
         return gates.unknown(f"{METHOD} accumulates a lone backward with GA 1 (unexpected)")
     if inner and last:
