@@ -1,5 +1,6 @@
 """Shared by the benchmarks: build the gradfix wheel and fresh virtual environments."""
 
+import os
 import statistics
 import subprocess
 import sys
@@ -45,3 +46,20 @@ def wall_time(cmd, env=None) -> float:
 
 def median_ms(samples) -> float:
     return statistics.median(samples) * 1000
+
+
+def deepspeed_release_env(releases: Path, release: str, patched: bool) -> dict:
+    """The environment of a benchmark run with a cached DeepSpeed release (installed by
+    the nox `deepspeed` session) importable, gradfix on or off through GRADFIX only."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRADFIX") and k != "PYTHONPATH"}
+    env.update(DS_ACCELERATOR="cpu", PYTHONPATH=str(releases / f"ds-{release}"),
+               TORCH_EXTENSIONS_DIR=str(releases / f"ext-{release}"), GRADFIX="1" if patched else "0")
+    return env
+
+
+def single_process_distributed_env() -> None:
+    """What deepspeed.init_distributed needs for one process. LOCAL_SIZE 0 keeps
+    DeepSpeed's CPU shared-memory all-reduce off: it leaks 64 MiB of /dev/shm per run."""
+    for name, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_SIZE", "0"),
+                        ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(29500 + os.getpid() % 2000))):
+        os.environ.setdefault(name, value)

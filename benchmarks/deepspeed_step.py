@@ -13,12 +13,13 @@ installed by the nox `deepspeed` session; run it with `python -m nox -s bench_de
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import _envs
 
 BUDGET = 1.02
 HIDDEN, LAYERS, MICRO_BATCH, GA = 2048, 4, 8, 8
@@ -28,10 +29,7 @@ def worker(steps: int, warmup: int, offload: str) -> None:
     import deepspeed
     import torch
 
-    # LOCAL_SIZE 0 keeps DeepSpeed's CPU shared-memory all-reduce off: it leaks 64 MiB of /dev/shm per run.
-    for name, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_SIZE", "0"),
-                        ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(29500 + os.getpid() % 2000))):
-        os.environ.setdefault(name, value)
+    _envs.single_process_distributed_env()
     deepspeed.init_distributed(dist_backend="gloo")
     torch.manual_seed(0)
     layers = []
@@ -60,9 +58,7 @@ def worker(steps: int, warmup: int, offload: str) -> None:
 
 
 def measure(releases: Path, release: str, patched: bool, steps: int, warmup: int, offload: str) -> list:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GRADFIX")}
-    env.update(DS_ACCELERATOR="cpu", PYTHONPATH=str(releases / f"ds-{release}"),
-               TORCH_EXTENSIONS_DIR=str(releases / f"ext-{release}"), GRADFIX="1" if patched else "0")
+    env = _envs.deepspeed_release_env(releases, release, patched)
     out = subprocess.run([sys.executable, __file__, "--worker", "--steps", str(steps), "--warmup", str(warmup),
                           "--offload", offload],
                          env=env, capture_output=True, text=True, check=True, cwd="/").stdout

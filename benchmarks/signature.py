@@ -12,10 +12,11 @@ Needs the DeepSpeed releases installed by the nox `deepspeed` session, and matpl
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
+
+import _envs
 
 HERE = Path(__file__).resolve().parent
 VOCAB, WIDTH, LAYERS, HEADS, SEQ = 64, 64, 2, 4, 40
@@ -73,9 +74,7 @@ def worker(steps):
     import deepspeed
     import torch
 
-    for name, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_SIZE", "0"),
-                        ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(29500 + os.getpid() % 2000))):
-        os.environ.setdefault(name, value)
+    _envs.single_process_distributed_env()
     deepspeed.init_distributed(dist_backend="gloo")
     torch.manual_seed(0)
     model = TinyCausalLM.build({"vocab": VOCAB, "width": WIDTH, "layers": LAYERS, "heads": HEADS, "seq": SEQ})
@@ -109,9 +108,7 @@ def worker(steps):
 
 
 def run(releases, release, patched, steps):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GRADFIX") and k != "PYTHONPATH"}
-    env.update(DS_ACCELERATOR="cpu", PYTHONPATH=str(releases / f"ds-{release}"), OMP_NUM_THREADS="2",
-               TORCH_EXTENSIONS_DIR=str(releases / f"ext-{release}"), GRADFIX="1" if patched else "0")
+    env = dict(_envs.deepspeed_release_env(releases, release, patched), OMP_NUM_THREADS="2")
     proc = subprocess.run([sys.executable, __file__, "--worker", "--steps", str(steps)], env=env, cwd="/",
                           capture_output=True, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("CURVES ")]
