@@ -46,7 +46,7 @@ def install_cached(session, *requirements, group="requirements"):
 def install_gradfix(session):
     """Build gradfix into a wheel and install it, replacing any earlier build."""
     dist = Path(session.create_tmp()) / "dist"
-    session.run("python", "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(HERE))
+    session.run_install("python", "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(HERE))
     (wheel,) = dist.glob("gradfix-*.whl")
     session.install("--no-deps", "--force-reinstall", str(wheel))
     wheel.unlink()
@@ -87,25 +87,77 @@ DEEPSPEED_DEPENDENCIES = ["hjson", "msgpack", "ninja", "numpy", "psutil", "py-cp
                           "einops", "setuptools", "wheel"]
 
 
+def install_into_folder(session, folder, *requirements, env=None):
+    """pip install ``requirements`` (no dependencies) into ``folder`` once: a folder
+    is complete only after the install finished, so an interrupted one is redone."""
+    if folder.is_dir():
+        return
+    partial = folder.with_name("partial-" + folder.name)
+    session.run_install("python", "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--upgrade",
+                "--target", str(partial), *requirements, env=env or {})
+    partial.rename(folder)
+
+
+def install_deepspeed_releases(session, releases):
+    """Each release is pure Python (DS_BUILD_OPS=0) in its own folder under
+    ~/.cache/gradfix/deepspeed, put on PYTHONPATH by the tests."""
+    for release in releases:
+        install_into_folder(session, CACHE / "deepspeed" / f"ds-{release}", f"deepspeed=={release}",
+                            env={"DS_BUILD_OPS": "0"})
+    return CACHE / "deepspeed"
+
+
 @nox.session(python="3.11")
 def deepspeed(session):
-    """Real DeepSpeed releases on CPU. One torch venv; each release is pure Python
-    (DS_BUILD_OPS=0) in its own folder under ~/.cache/gradfix/deepspeed, put on
-    PYTHONPATH by the tests, and installed once."""
+    """Real DeepSpeed releases on CPU: one torch venv, the releases side by side."""
     install_cached(session, "torch==2.13.0", group="torch")  # alone first: the local CPU wheel
     install_cached(session, *TEST_REQUIREMENTS, "pytest-xdist", "wrapt>=2,<3", *DEEPSPEED_DEPENDENCIES)
     install_gradfix(session)
-    releases = CACHE / "deepspeed"
-    for release in DEEPSPEED_RELEASES:
-        target = releases / f"ds-{release}"
-        if (target / "deepspeed").is_dir():
-            continue
-        partial = releases / f"partial-{release}"
-        session.run("python", "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                    "--target", str(partial), f"deepspeed=={release}", env={"DS_BUILD_OPS": "0"})
-        partial.rename(target)
+    releases = install_deepspeed_releases(session, DEEPSPEED_RELEASES)
     session.run("pytest", "-q", "-n", str(min(os.cpu_count() or 1, 4)), "tests/deepspeed_releases",
                 *session.posargs, env={"GRADFIX_DS_RELEASES": str(releases)})
+
+
+# OpenRLHF release -> (the transformers release it pins, the DeepSpeed release its tests
+# run with). DeepSpeed: the cached release nearest its pin that has none of the DeepSpeed
+# bugs in the configurations these tests use (ZeRO-2 without offload), so that only the
+# OpenRLHF bug is seen; the paper's configuration test brings its own (0.18.9).
+OPENRLHF_RELEASES = {
+    "0.7.5": ("4.51.3", "0.16.9"),
+    "0.8.11": ("4.56.1", "0.18.3"),
+    "0.9.10": ("5.5.0", "0.18.9"),
+    "0.10.2": ("5.5.4", "0.18.9"),
+    "0.10.3": ("5.7.0", "0.18.9"),
+    "0.10.4": ("5.7.0", "0.19.0"),
+    "0.11.1": ("5.15.0", "0.19.8"),
+    "0.11.2": ("5.15.0", "0.19.8"),
+}
+# What OpenRLHF's SFT and PPO imports need (it pins ray, flash-attn and deepspeed
+# exactly, so it is installed without dependencies). The transformers 5 line and its
+# hub/tokenizers live in the venv; releases pinning transformers 4 carry their own.
+OPENRLHF_DEPENDENCIES = ["transformers==5.15.0", "peft", "accelerate", "datasets", "einops", "jsonlines",
+                         "optree>=0.15.0", "tensorboard", "torchmetrics", "torchdata", "pylatexenc", "sympy",
+                         "aiohttp", "pillow"]
+TRANSFORMERS_4_EXTRAS = ["huggingface-hub<1.0", "tokenizers>=0.21,<0.22", "peft==0.15.2"]
+
+
+@nox.session(python="3.11")
+def openrlhf(session):
+    """Real OpenRLHF releases (SFT and PPO loss paths) with DeepSpeed on CPU. Each
+    release and the transformers it pins sit in their own folder under
+    ~/.cache/gradfix/openrlhf."""
+    install_cached(session, "torch==2.13.0", group="torch")  # alone first: the local CPU wheel
+    install_cached(session, *TEST_REQUIREMENTS, "pytest-xdist", "wrapt>=2,<3", *DEEPSPEED_DEPENDENCIES,
+                   *OPENRLHF_DEPENDENCIES)
+    install_gradfix(session)
+    install_deepspeed_releases(session, sorted({ds for _, ds in OPENRLHF_RELEASES.values()} | {"0.18.9"}))
+    for release, (transformers, _) in OPENRLHF_RELEASES.items():
+        extras = TRANSFORMERS_4_EXTRAS if transformers.startswith("4.") else []
+        install_into_folder(session, CACHE / "openrlhf" / f"orl-{release}", f"openrlhf=={release}",
+                            f"transformers=={transformers}", *extras)
+    session.run("pytest", "-q", "-n", str(min(os.cpu_count() or 1, 2)), "tests/openrlhf_releases",
+                *session.posargs, env={"GRADFIX_OPENRLHF_RELEASES": json.dumps(OPENRLHF_RELEASES),
+                                       "GRADFIX_CACHE": str(CACHE)})
 
 
 @nox.session(python="3.11")

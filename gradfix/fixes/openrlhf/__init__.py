@@ -1,0 +1,1 @@
+"""Fixes for OpenRLHF's loss normalisation (``openrlhf.trainer``)."""

@@ -1,0 +1,120 @@
+"""What the OpenRLHF SFT fixes share: the code gate's reading of ``SFTTrainer.fit``
+and ``SFTLoss``, and the wrapping of both.
+
+``fit`` gets the window read-ahead (``_window.WindowedLoader``) in place of its
+dataloader while it runs; ``SFTLoss.forward`` gets the window's counts for the
+micro-batch being trained. The two variants differ only in how the loss is
+computed from those counts (``loss_with_counts``).
+"""
+
+from gradfix import gates, report
+
+from . import _window
+
+TARGET = "openrlhf.trainer.sft_trainer"
+HITS = "optimizer windows (loss normalised by the window's token count)"
+UNREACHED = "no OpenRLHF SFT training step ran"
+
+# The fixed releases (0.10.4+) normalise in fit itself with this helper.
+FIXED_MARK = "iter_grad_accum_global_norm"
+LOOP_MARK = "in self.train_dataloader:"
+
+
+def fit_source(module):
+    """(SFTTrainer, SFTLoss, source of SFTTrainer.fit) or a gates.unknown Probe."""
+    import inspect  # here: importing gradfix stays light
+
+    trainer, loss = getattr(module, "SFTTrainer", None), getattr(module, "SFTLoss", None)
+    if not (isinstance(trainer, type) and isinstance(loss, type) and "fit" in vars(trainer)
+            and "forward" in vars(loss)):
+        return gates.unknown("SFTTrainer.fit or SFTLoss.forward is missing")
+    try:
+        source = inspect.getsource(vars(trainer)["fit"])
+    except (OSError, TypeError) as exc:
+        return gates.unknown(f"the source of SFTTrainer.fit cannot be read ({exc})")
+    return trainer, loss, source
+
+
+def loss_parameters(loss):
+    import inspect
+
+    return list(inspect.signature(vars(loss)["forward"]).parameters)[1:]
+
+
+def microbatch_loss_value(loss, **counts):
+    """SFTLoss on a stand-in micro-batch: -log p = [1, 3], both tokens in the loss."""
+    import torch
+
+    return float(loss()(torch.tensor([[-1.0, -3.0]]), torch.tensor([[1, 1]]), **counts))
+
+
+def probe_with(module, call_mark, loss_signature, counts, expected, what):
+    """Buggy when fit trains from its dataloader and calls the loss as ``call_mark``,
+    and the loss has ``loss_signature`` and gives ``expected`` on the stand-in;
+    fixed when fit normalises per window itself."""
+    found = fit_source(module)
+    if isinstance(found, gates.Probe):
+        return found
+    _, loss, source = found
+    if FIXED_MARK in source:
+        return gates.fixed()
+    if LOOP_MARK not in source or call_mark not in source:
+        return gates.unknown("SFTTrainer.fit does not compute its loss as expected for this release")
+    if loss_parameters(loss) != loss_signature:
+        return gates.unknown(f"SFTLoss.forward takes {loss_parameters(loss)}, expected {loss_signature}")
+    try:
+        value = microbatch_loss_value(loss, **counts)
+    except Exception as exc:
+        return gates.unknown(f"SFTLoss failed on the probe: {type(exc).__name__}: {exc}")
+    if value != expected:
+        return gates.unknown(f"SFTLoss gave {value} on the probe (expected {expected})")
+    return gates.buggy(what)
+
+
+def trainer_plan(trainer, patcher):
+    """The window plan for this trainer's run, or None (with a warning) when the
+    run's layout is outside what the fix handles."""
+    engine = getattr(getattr(trainer, "model", None), "model", None)
+    steps = getattr(engine, "gradient_accumulation_steps", None)
+    layout = _window.data_parallel(trainer.strategy)
+    if not callable(steps) or layout is None:
+        report.warning("gradfix: OpenRLHF SFT is not corrected in this run: "
+                       + ("ring attention without a device mesh" if layout is None else
+                          "the trainer's model is not a DeepSpeed engine"))
+        return None
+    group, size = layout
+    device = next(trainer.model.parameters()).device
+    return _window.Plan(engine, int(steps()), group, size, device, shifted_loss_mask, patcher)
+
+
+def shifted_loss_mask(batch):
+    """The mask the SFT loss reduces over: the loop passes ``loss_mask[:, :-1]``."""
+    return batch[2].squeeze(1)[:, :-1]
+
+
+def apply_with(module, patcher, loss_with_counts):
+    """Wrap fit (window read-ahead) and SFTLoss.forward (``loss_with_counts(wrapped,
+    loss_module, per_token_logps, loss_mask, counts)``)."""
+
+    def windowed_fit(wrapped, trainer, args, kwargs):
+        plan = trainer_plan(trainer, patcher)
+        if plan is None:
+            return wrapped(*args, **kwargs)
+        loader = trainer.train_dataloader
+        trainer.train_dataloader = _window.WindowedLoader(loader, plan, trainer.epochs)
+        try:
+            return wrapped(*args, **kwargs)
+        finally:
+            trainer.train_dataloader = loader
+
+    def window_loss(wrapped, loss_module, args, kwargs):
+        if len(args) < 2:
+            return wrapped(*args, **kwargs)
+        counts = _window.take_pending(args[1])
+        if counts is None:
+            return wrapped(*args, **kwargs)
+        return loss_with_counts(wrapped, loss_module, args[0], args[1], counts)
+
+    trainer, loss, _ = fit_source(module)
+    patcher.wrap(trainer, "fit", windowed_fit)
+    patcher.wrap(loss, "forward", window_loss)
