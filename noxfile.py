@@ -119,26 +119,27 @@ def deepspeed(session):
 
 
 # OpenRLHF release -> (the transformers release it pins, the DeepSpeed release its tests
-# run with). DeepSpeed: the cached release nearest its pin that has none of the DeepSpeed
-# bugs in the configurations these tests use (ZeRO-2 without offload), so that only the
-# OpenRLHF bug is seen; the paper's configuration test brings its own (0.18.9).
+# run with, what else its folder needs). DeepSpeed: the cached release nearest its pin
+# that has none of the DeepSpeed bugs in the configurations these tests use (ZeRO-2
+# without offload), so that only the OpenRLHF bug is seen; the paper's configuration
+# test brings its own (0.18.9). The venv holds the transformers 5 line; releases that
+# pin transformers 4 carry the hub, tokenizers, peft and datasets releases it works with.
+TRANSFORMERS_4_STACK = ["huggingface-hub==0.36.0", "peft==0.15.2", "datasets==3.6.0"]
 OPENRLHF_RELEASES = {
-    "0.7.5": ("4.51.3", "0.16.9"),
-    "0.8.11": ("4.56.1", "0.18.3"),
-    "0.9.10": ("5.5.0", "0.18.9"),
-    "0.10.2": ("5.5.4", "0.18.9"),
-    "0.10.3": ("5.7.0", "0.18.9"),
-    "0.10.4": ("5.7.0", "0.19.0"),
-    "0.11.1": ("5.15.0", "0.19.8"),
-    "0.11.2": ("5.15.0", "0.19.8"),
+    "0.7.5": ("4.51.3", "0.16.9", [*TRANSFORMERS_4_STACK, "tokenizers==0.21.4"]),
+    "0.8.11": ("4.56.1", "0.18.3", TRANSFORMERS_4_STACK),
+    "0.9.10": ("5.5.0", "0.18.9", []),
+    "0.10.2": ("5.5.4", "0.18.9", []),
+    "0.10.3": ("5.7.0", "0.18.9", []),
+    "0.10.4": ("5.7.0", "0.19.0", []),
+    "0.11.1": ("5.15.0", "0.19.8", []),
+    "0.11.2": ("5.15.0", "0.19.8", []),
 }
 # What OpenRLHF's SFT and PPO imports need (it pins ray, flash-attn and deepspeed
-# exactly, so it is installed without dependencies). The transformers 5 line and its
-# hub/tokenizers live in the venv; releases pinning transformers 4 carry their own.
+# exactly, so it is installed without dependencies).
 OPENRLHF_DEPENDENCIES = ["transformers==5.15.0", "peft", "accelerate", "datasets", "einops", "jsonlines",
                          "optree>=0.15.0", "tensorboard", "torchmetrics", "torchdata", "pylatexenc", "sympy",
-                         "aiohttp", "pillow"]
-TRANSFORMERS_4_EXTRAS = ["huggingface-hub<1.0", "tokenizers>=0.21,<0.22", "peft==0.15.2"]
+                         "aiohttp", "pillow", "ray==2.48.0"]
 
 
 @nox.session(python="3.11")
@@ -150,14 +151,13 @@ def openrlhf(session):
     install_cached(session, *TEST_REQUIREMENTS, "pytest-xdist", "wrapt>=2,<3", *DEEPSPEED_DEPENDENCIES,
                    *OPENRLHF_DEPENDENCIES)
     install_gradfix(session)
-    install_deepspeed_releases(session, sorted({ds for _, ds in OPENRLHF_RELEASES.values()} | {"0.18.9"}))
-    for release, (transformers, _) in OPENRLHF_RELEASES.items():
-        extras = TRANSFORMERS_4_EXTRAS if transformers.startswith("4.") else []
+    install_deepspeed_releases(session, sorted({ds for _, ds, _ in OPENRLHF_RELEASES.values()} | {"0.18.9"}))
+    for release, (transformers, _, extras) in OPENRLHF_RELEASES.items():
         install_into_folder(session, CACHE / "openrlhf" / f"orl-{release}", f"openrlhf=={release}",
                             f"transformers=={transformers}", *extras)
+    stacks = {release: deepspeed for release, (_, deepspeed, _) in OPENRLHF_RELEASES.items()}
     session.run("pytest", "-q", "-n", str(min(os.cpu_count() or 1, 2)), "tests/openrlhf_releases",
-                *session.posargs, env={"GRADFIX_OPENRLHF_RELEASES": json.dumps(OPENRLHF_RELEASES),
-                                       "GRADFIX_CACHE": str(CACHE)})
+                *session.posargs, env={"GRADFIX_OPENRLHF_RELEASES": json.dumps(stacks), "GRADFIX_CACHE": str(CACHE)})
 
 
 @nox.session(python="3.11")

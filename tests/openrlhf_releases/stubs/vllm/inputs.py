@@ -1,0 +1,1 @@
+from vllm import _unavailable as TokensPrompt  # noqa: F401

@@ -1,0 +1,90 @@
+"""openrlhf-sft-microbatch-mean and openrlhf-sft-microbatch-mean-dp against real
+OpenRLHF releases: the real CLI (openrlhf.cli.train_sft) on a tiny Llama with
+DeepSpeed on CPU, micro batch 1, GA 4, responses of 2 to 600 tokens. gradfix is
+active only through GRADFIX=1.
+
+By default the learning rate is negligible (the weights never move), so every
+optimizer window's gradient norm can be checked against the plain PyTorch global
+token mean over that window at the initial weights. Buggy releases must be wrong
+unpatched and right patched, bit for bit equal to OpenRLHF 0.10.4 on the same
+DeepSpeed; fixed releases must be left alone.
+"""
+
+import pytest
+
+from orlrun import FIRST_FIXED, matches_reference, relative_gaps, releases, same_run, sft, stacks, version
+
+PATCH_FOR = {True: "openrlhf-sft-microbatch-mean", False: "openrlhf-sft-microbatch-mean-dp"}
+
+
+def patch_id(release):
+    return PATCH_FOR[version(release) < (0, 10, 3)]
+
+
+def affected(release):
+    return version(release) < (0, 10, 4)
+
+
+def fixed_release_on(deepspeed, **options):
+    """OpenRLHF 0.10.4 on the given DeepSpeed release (the comparison is bit for bit)."""
+    if FIRST_FIXED not in stacks():
+        pytest.skip(f"OpenRLHF {FIRST_FIXED} is not in the matrix")
+    return sft(FIRST_FIXED, False, deepspeed, **options)
+
+
+def check(release, world=1, **options):
+    unpatched, patched = sft(release, False, world=world, **options), sft(release, True, world=world, **options)
+    assert unpatched["gradfix"] is None  # GRADFIX=0: the start-up file did not even import gradfix
+    windows = len(patched["reference"]["grad_norms"])
+    if affected(release):
+        assert min(relative_gaps(unpatched["grad_norms"], unpatched["reference"]["grad_norms"])) > 0.1, \
+            "the unpatched buggy release should be far from the global token mean"
+        record = patched["gradfix"][patch_id(release)]
+        assert record["state"] == "applied" and record["hits"] == windows, record
+        assert matches_reference(patched), (patched["grad_norms"], patched["reference"]["grad_norms"])
+        assert same_run(patched, fixed_release_on(stacks()[release], world=world, **options))
+    else:
+        for patch in PATCH_FOR.values():
+            assert patched["gradfix"][patch]["state"] == "not_needed", patched["gradfix"][patch]
+        assert matches_reference(unpatched) and same_run(patched, unpatched)
+
+
+@pytest.mark.parametrize("release", releases())
+def test_sft_window_token_mean(release):
+    check(release)
+
+
+@pytest.mark.parametrize("release", [r for r in releases() if r in ("0.9.10", "0.10.3", "0.11.2")])
+def test_sft_two_ranks(release):
+    """0.10.3 fixed the rank part only: two ranks with GA 4 each (batch 8)."""
+    check(release, world=2, batch=8, samples=16)
+
+
+@pytest.mark.parametrize("release", [r for r in releases() if version(r) < (0, 10, 4) and r != "0.10.2"])
+def test_sft_update_equals_fixed_release(release):
+    """With a real learning rate (Adam, 3 steps), the final weights equal 0.10.4's."""
+    patched = sft(release, True, lr=1e-3)
+    assert patched["weights"]["distance"] > 0
+    assert patched["weights"] != sft(release, False, lr=1e-3)["weights"]
+    assert patched["weights"] == fixed_release_on(stacks()[release], lr=1e-3)["weights"]
+
+
+@pytest.mark.parametrize("release", [r for r in releases() if r in ("0.9.10", "0.10.3")])
+def test_sft_window_spanning_epochs(release):
+    """10 samples, GA 4, 2 epochs: the third window holds the last two micro-batches
+    of epoch 0 and the first two of epoch 1, as DeepSpeed accumulates them. The
+    patch reads ahead into the next epoch; OpenRLHF 0.11.2 does the same."""
+    patched = sft(release, True, samples=10, epochs=2)
+    assert len(patched["grad_norms"]) == 5
+    assert matches_reference(patched), (patched["grad_norms"], patched["reference"]["grad_norms"])
+    if "0.11.2" in stacks():
+        assert patched["grad_norms"] == sft("0.11.2", False, stacks()[release], samples=10, epochs=2)["grad_norms"]
+
+
+def test_sft_disabled_patch_is_not_applied():
+    release = next((r for r in releases() if r == "0.9.10"), None)
+    if release is None:
+        pytest.skip("0.9.10 is not in the matrix")
+    result = sft(release, True, disable="openrlhf-sft-microbatch-mean")
+    assert result["gradfix"]["openrlhf-sft-microbatch-mean"]["state"] == "disabled"
+    assert same_run(result, sft(release, False))
