@@ -46,6 +46,7 @@ def check(release, world=1, **options):
     else:
         for patch in PATCH_FOR.values():
             assert patched["gradfix"][patch]["state"] == "not_needed", patched["gradfix"][patch]
+        # openrlhf-sft-epoch-boundary may apply (0.10.4-0.11.1): one epoch, aligned windows, same numbers
         assert matches_reference(unpatched) and same_run(patched, unpatched)
 
 
@@ -56,8 +57,11 @@ def test_sft_window_token_mean(release):
 
 @pytest.mark.parametrize("release", [r for r in releases() if r in ("0.9.10", "0.10.3", "0.11.2")])
 def test_sft_two_ranks(release):
-    """0.10.3 fixed the rank part only: two ranks with GA 4 each (batch 8)."""
-    check(release, world=2, batch=8, samples=16)
+    """0.10.3 fixed the rank part only: two ranks with GA 4 each (batch 8). ZeRO-3:
+    with bf16 on two CPU ranks, DeepSpeed's ZeRO-1/2 step fails in its gloo
+    all_gather_into_tensor fallback ("Output 0 of Split is a view and is being
+    modified inplace", DeepSpeed 0.18.9, torch 2.13), loudly, not silently."""
+    check(release, world=2, batch=8, samples=16, zero=3)
 
 
 @pytest.mark.parametrize("release", [r for r in releases() if version(r) < (0, 10, 4) and r != "0.10.2"])
@@ -69,16 +73,27 @@ def test_sft_update_equals_fixed_release(release):
     assert patched["weights"] == fixed_release_on(stacks()[release], lr=1e-3)["weights"]
 
 
-@pytest.mark.parametrize("release", [r for r in releases() if r in ("0.9.10", "0.10.3")])
+SPANNING = {"samples": 10, "epochs": 2}  # GA 4: window 3 = the last 2 micro-batches of epoch 0 + the first 2 of epoch 1
+
+
+@pytest.mark.parametrize("release", [r for r in releases() if r in ("0.9.10", "0.10.3", "0.10.4", "0.11.1", "0.11.2")])
 def test_sft_window_spanning_epochs(release):
-    """10 samples, GA 4, 2 epochs: the third window holds the last two micro-batches
-    of epoch 0 and the first two of epoch 1, as DeepSpeed accumulates them. The
-    patch reads ahead into the next epoch; OpenRLHF 0.11.2 does the same."""
-    patched = sft(release, True, samples=10, epochs=2)
-    assert len(patched["grad_norms"]) == 5
+    """DeepSpeed accumulates across the epoch boundary. The patches read ahead into
+    the next epoch; 0.10.4-0.11.1 restart their windows per epoch (the
+    openrlhf-sft-epoch-boundary bug); 0.11.2 keeps them aligned."""
+    unpatched, patched = sft(release, False, **SPANNING), sft(release, True, **SPANNING)
+    assert len(patched["grad_norms"]) == len(patched["reference"]["grad_norms"]) == 5
     assert matches_reference(patched), (patched["grad_norms"], patched["reference"]["grad_norms"])
+    if version(release) >= (0, 11, 2):
+        assert patched["gradfix"]["openrlhf-sft-epoch-boundary"]["state"] == "not_needed"
+        assert same_run(patched, unpatched)
+        return
+    spanning = relative_gaps(unpatched["grad_norms"], unpatched["reference"]["grad_norms"])[2]
+    assert spanning > 0.1, "the unpatched release should be wrong on the window spanning the epochs"
+    patch = "openrlhf-sft-epoch-boundary" if version(release) >= (0, 10, 4) else patch_id(release)
+    assert patched["gradfix"][patch]["hits"] == 5
     if "0.11.2" in stacks():
-        assert patched["grad_norms"] == sft("0.11.2", False, stacks()[release], samples=10, epochs=2)["grad_norms"]
+        assert patched["grad_norms"] == sft("0.11.2", False, stacks()[release], **SPANNING)["grad_norms"]
 
 
 def test_sft_disabled_patch_is_not_applied():

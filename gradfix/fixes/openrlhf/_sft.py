@@ -48,17 +48,17 @@ def microbatch_loss_value(loss, **counts):
     return float(loss()(torch.tensor([[-1.0, -3.0]]), torch.tensor([[1, 1]]), **counts))
 
 
-def probe_with(module, call_mark, loss_signature, counts, expected, what):
-    """Buggy when fit trains from its dataloader and calls the loss as ``call_mark``,
-    and the loss has ``loss_signature`` and gives ``expected`` on the stand-in;
-    fixed when fit normalises per window itself."""
+def probe_with(module, marks, loss_signature, counts, expected, what, fixed_marks=(FIXED_MARK,)):
+    """Buggy when fit's source has every one of ``marks`` and the loss has
+    ``loss_signature`` and gives ``expected`` on the stand-in; fixed when it has
+    one of ``fixed_marks`` (the fixed releases' own window normalisation)."""
     found = fit_source(module)
     if isinstance(found, gates.Probe):
         return found
     _, loss, source = found
-    if FIXED_MARK in source:
+    if any(mark in source for mark in fixed_marks):
         return gates.fixed()
-    if LOOP_MARK not in source or call_mark not in source:
+    if not all(mark in source for mark in marks):
         return gates.unknown("SFTTrainer.fit does not compute its loss as expected for this release")
     if loss_parameters(loss) != loss_signature:
         return gates.unknown(f"SFTLoss.forward takes {loss_parameters(loss)}, expected {loss_signature}")
@@ -69,6 +69,15 @@ def probe_with(module, call_mark, loss_signature, counts, expected, what):
     if value != expected:
         return gates.unknown(f"SFTLoss gave {value} on the probe (expected {expected})")
     return gates.buggy(what)
+
+
+NORMALISER_SIGNATURE = ["per_token_logps", "loss_mask", "dp_size", "batch_num_tokens", "global_batch_size"]
+
+
+def window_normalisers(wrapped, loss_module, per_token_logps, loss_mask, counts):
+    """For an SFTLoss that takes the normalisers (0.10.3+): pass the window's."""
+    return wrapped(per_token_logps, loss_mask, dp_size=counts.dp_size, batch_num_tokens=counts.batch_num_tokens,
+                   global_batch_size=counts.global_batch_size)
 
 
 def trainer_plan(trainer, patcher):
@@ -102,10 +111,19 @@ def apply_with(module, patcher, loss_with_counts):
             return wrapped(*args, **kwargs)
         loader = trainer.train_dataloader
         trainer.train_dataloader = _window.WindowedLoader(loader, plan, trainer.epochs)
+        _window.pending.queue.clear()
         try:
             return wrapped(*args, **kwargs)
         finally:
             trainer.train_dataloader = loader
+            _window.pending.queue.clear()
+
+    def evaluation_untouched(wrapped, trainer, args, kwargs):
+        _window.pending.evaluating = True
+        try:
+            return wrapped(*args, **kwargs)
+        finally:
+            _window.pending.evaluating = False
 
     def window_loss(wrapped, loss_module, args, kwargs):
         if len(args) < 2:
@@ -118,3 +136,5 @@ def apply_with(module, patcher, loss_with_counts):
     trainer, loss, _ = fit_source(module)
     patcher.wrap(trainer, "fit", windowed_fit)
     patcher.wrap(loss, "forward", window_loss)
+    if "evaluate" in vars(trainer):  # its losses are plain per-batch means, as upstream keeps them
+        patcher.wrap(trainer, "evaluate", evaluation_untouched)

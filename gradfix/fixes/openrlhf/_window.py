@@ -14,14 +14,26 @@ window spans the boundary, as DeepSpeed's does), all-reduces the window's token 
 sample counts over the data-parallel group once, and hands the counts of the
 micro-batch it yields to the loss through ``pending``. It yields the same
 batches in the same order: samples, steps and the schedule are unchanged.
+
+``pending`` is a queue, not a slot: OpenRLHF 0.10.4+ buffers a window of batches
+before training the first, and the losses come in the order the batches were
+yielded. Evaluation inside ``fit`` pauses it (``evaluating``).
 """
 
+import collections
 import threading
 from itertools import islice
 
 from gradfix import report
 
-pending = threading.local()  # .counts: WindowCounts for the micro-batch just yielded
+
+class _Pending(threading.local):
+    def __init__(self):
+        self.queue = collections.deque()  # WindowCounts of yielded, not yet trained micro-batches
+        self.evaluating = False
+
+
+pending = _Pending()
 
 
 class WindowCounts:
@@ -87,20 +99,17 @@ class WindowedLoader:
     def __iter__(self):
         iterator, window = self._carried or (iter(self._loader), [])
         self._carried = None
-        try:
-            while True:
-                window = window or self._next_window(iterator)
-                if not window:
-                    return
-                for batch, counts in window:
-                    pending.counts = counts
-                    self._yielded += 1
-                    yield batch
-                window = []
-                if self._carried is not None:  # the rest of this window is in the next epoch
-                    return
-        finally:
-            pending.counts = None
+        while True:
+            window = window or self._next_window(iterator)
+            if not window:
+                return
+            for batch, counts in window:
+                pending.queue.append(counts)
+                self._yielded += 1
+                yield batch
+            window = []
+            if self._carried is not None:  # the rest of this window is in the next epoch
+                return
 
     def _next_window(self, iterator):
         wanted = self._plan.accumulation - self._plan.micro_steps_into_window(self._yielded)
@@ -134,10 +143,9 @@ class WindowedLoader:
 def take_pending(loss_mask):
     """The counts for this loss call, or None when it is not the training loss of a
     yielded micro-batch (evaluation, another trainer, or a mask that differs)."""
-    counts = getattr(pending, "counts", None)
-    pending.counts = None
-    if counts is None:
+    if pending.evaluating or not pending.queue:
         return None
+    counts = pending.queue.popleft()
     if int(loss_mask.sum()) != counts.local_tokens:
         report.warning("gradfix: an OpenRLHF loss saw a different loss mask than the micro-batch the "
                        "dataloader yielded; this micro-batch keeps OpenRLHF's own normalisation")

@@ -14,18 +14,13 @@ from . import _sft
 TARGET = _sft.TARGET
 HITS, UNREACHED = _sft.HITS, _sft.UNREACHED
 CALL = "**get_loss_batch_info(self.strategy, shifted_loss_mask)"
-SIGNATURE = ["per_token_logps", "loss_mask", "dp_size", "batch_num_tokens", "global_batch_size"]
 
 
 def probe(module):
-    return _sft.probe_with(module, CALL, SIGNATURE, {"dp_size": 1, "batch_num_tokens": 4.0}, 1.0,
+    return _sft.probe_with(module, [_sft.LOOP_MARK, CALL], _sft.NORMALISER_SIGNATURE,
+                           {"dp_size": 1, "batch_num_tokens": 4.0}, 1.0,
                            "each micro-batch's loss is normalised by its own token count (over all ranks)")
 
 
-def window_normalisers(wrapped, loss_module, per_token_logps, loss_mask, counts):
-    return wrapped(per_token_logps, loss_mask, dp_size=counts.dp_size, batch_num_tokens=counts.batch_num_tokens,
-                   global_batch_size=counts.global_batch_size)
-
-
 def apply(module, patcher):
-    _sft.apply_with(module, patcher, window_normalisers)
+    _sft.apply_with(module, patcher, _sft.window_normalisers)
