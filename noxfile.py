@@ -21,7 +21,7 @@ CACHE = Path(os.environ.get("GRADFIX_CACHE", Path.home() / ".cache" / "gradfix")
 
 nox.options.envdir = str(CACHE / "nox")
 nox.options.reuse_existing_virtualenvs = True
-nox.options.sessions = ["tests", "tests_wrapt1", "tests_oldest_python", "deepspeed"]
+nox.options.sessions = ["tests", "tests_wrapt1", "tests_oldest_python", "deepspeed", "openrlhf"]
 nox.options.error_on_missing_interpreters = False
 
 TEST_REQUIREMENTS = ["pytest>=7", "packaging>=21"]
@@ -168,6 +168,17 @@ def bench_deepspeed(session):
     install_cached(session, *TEST_REQUIREMENTS, "pytest-xdist", "wrapt>=2,<3", *DEEPSPEED_DEPENDENCIES)
     install_gradfix(session)
     session.run("python", "benchmarks/deepspeed_step.py", *session.posargs)
+
+
+@nox.session(python=False)
+def bench_openrlhf(session):
+    """Step time of OpenRLHF 0.9.10 + gradfix vs 0.10.4's own normalisation. Runs in the
+    `openrlhf` session's environment (run that session first); not part of the default run."""
+    python = CACHE / "nox" / "openrlhf" / "bin" / "python"
+    if not python.exists():
+        session.error("run `python -m nox -s openrlhf` first: this benchmark uses its environment and releases")
+    session.run(str(python), "benchmarks/openrlhf_sft_step.py", *session.posargs, external=True,
+                env={"GRADFIX_CACHE": str(CACHE)})
 
 
 @nox.session(python="3.11")

@@ -12,7 +12,9 @@ line (JSON) on rank 0:
 * ``reference`` (with ``--reference``): the plain PyTorch global token mean over
   each optimizer window (all micro-batches of all ranks, epoch-spanning windows
   included), its gradient norm at the initial weights, from the batches the
-  trainer's own dataloader yields. Comparable with ``grad_norms`` when lr is 0;
+  trainer's own dataloader yields. Comparable with ``grad_norms`` at the default
+  learning rate, which leaves the weights unchanged;
+* ``seconds_per_step``: wall time per optimizer step after the first;
 * ``gradfix``: the patch records, or None when gradfix was not imported.
 
 Only observation is added to OpenRLHF: the trainer and DeepSpeed's step are
@@ -27,6 +29,7 @@ import os
 import random
 import runpy
 import sys
+import time
 
 import torch
 
@@ -138,6 +141,7 @@ class Observer:
 
     def __init__(self):
         self.grad_norms, self.loss_means, self.trainer = [], [], None
+        self.step_times = []  # perf_counter at every optimizer step (for the benchmark)
 
     def install(self):
         from deepspeed.runtime.engine import DeepSpeedEngine
@@ -149,6 +153,7 @@ class Observer:
             before = engine.global_steps
             result = original_step(engine, *a, **k)
             if engine.global_steps != before:
+                observer.step_times.append(time.perf_counter())
                 norm = engine.get_global_grad_norm()
                 observer.grad_norms.append(float(norm) if norm is not None else None)
             return result
@@ -245,7 +250,9 @@ def main():
     import torch.distributed as dist
 
     trainer = observer.trainer
+    times = observer.step_times
     result = {"grad_norms": observer.grad_norms, "loss_means": observer.loss_means,
+              "seconds_per_step": (times[-1] - times[0]) / (len(times) - 1) if len(times) > 1 else None,
               "weights": weights_summary(trainer.model.model.module, model_dir), "gradfix": gradfix_records()}
     if args.reference:
         batches = trained_batches(trainer, args.epochs)

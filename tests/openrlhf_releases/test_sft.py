@@ -88,8 +88,8 @@ def test_sft_window_spanning_epochs(release):
         assert patched["gradfix"]["openrlhf-sft-epoch-boundary"]["state"] == "not_needed"
         assert same_run(patched, unpatched)
         return
-    spanning = relative_gaps(unpatched["grad_norms"], unpatched["reference"]["grad_norms"])[2]
-    assert spanning > 0.1, "the unpatched release should be wrong on the window spanning the epochs"
+    from_the_boundary = relative_gaps(unpatched["grad_norms"], unpatched["reference"]["grad_norms"])[2:]
+    assert max(from_the_boundary) > 0.1, "the unpatched release should be wrong from the epoch boundary on"
     patch = "openrlhf-sft-epoch-boundary" if version(release) >= (0, 10, 4) else patch_id(release)
     assert patched["gradfix"][patch]["hits"] == 5
     if "0.11.2" in stacks():

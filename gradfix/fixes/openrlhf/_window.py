@@ -57,9 +57,10 @@ class Plan:
         self.dp_group, self.dp_size, self.device = dp_group, dp_size, device
         self.loss_mask_of, self.patcher = loss_mask_of, patcher
 
-    def micro_steps_into_window(self, own_count):
-        steps = getattr(self.engine, "micro_steps", None)
-        return (steps if isinstance(steps, int) else own_count) % self.accumulation
+    def micro_steps_done(self):
+        """DeepSpeed's micro-step count (0 for an engine without one)."""
+        steps = getattr(self.engine, "micro_steps", 0)
+        return steps if isinstance(steps, int) else 0
 
     def counts(self, batches):
         """One all-reduce per window: [tokens, non-empty sequences] over the DP group."""
@@ -88,7 +89,9 @@ class WindowedLoader:
     def __init__(self, loader, plan, epochs):
         self._loader, self._plan, self._epochs = loader, plan, epochs
         self._carried = None  # (iterator, [(batch, counts)]) read ahead from the next epoch
-        self._yielded = 0
+        # Position in DeepSpeed's window: its count when fit started plus what we
+        # yielded (not its live count: 0.10.4+ reads a window ahead of training).
+        self._yielded = plan.micro_steps_done()
 
     def __getattr__(self, name):
         return getattr(self._loader, name)
@@ -112,7 +115,7 @@ class WindowedLoader:
                 return
 
     def _next_window(self, iterator):
-        wanted = self._plan.accumulation - self._plan.micro_steps_into_window(self._yielded)
+        wanted = self._plan.accumulation - self._yielded % self._plan.accumulation
         batches = list(islice(iterator, wanted))
         if not batches:
             return []

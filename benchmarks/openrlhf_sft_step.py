@@ -1,0 +1,68 @@
+"""Optimizer-step time of OpenRLHF SFT: the window read-ahead of
+openrlhf-sft-microbatch-mean on OpenRLHF 0.9.10 against OpenRLHF 0.10.4's own window
+normalisation, on the same DeepSpeed (0.18.9, ZeRO-2, GA 4), interleaved in one run:
+
+* OpenRLHF 0.10.4, GRADFIX=0: the baseline;
+* OpenRLHF 0.9.10 with GRADFIX=1 (patched);
+* OpenRLHF 0.9.10 unpatched (for scale: it skips the window bookkeeping);
+* OpenRLHF 0.10.4, GRADFIX=0, a second time: a control for the noise.
+
+Each run is the real CLI on the tiny model of the tests (tests/openrlhf_releases/sft_run.py),
+64 samples, 16 optimizer steps; the time per step excludes start-up and the first step.
+Budget: patched <= 1.01 x 0.10.4. Needs the releases the nox `openrlhf` session
+installs; run it with `python -m nox -s bench_openrlhf`.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+BUDGET = 1.01
+REPO = Path(__file__).resolve().parent.parent
+RUNNER = REPO / "tests" / "openrlhf_releases" / "sft_run.py"
+STUBS = REPO / "tests" / "openrlhf_releases" / "stubs"
+CACHE = Path(os.environ.get("GRADFIX_CACHE", Path.home() / ".cache" / "gradfix"))
+DEEPSPEED = "0.18.9"
+RUNS = {"fixed 0.10.4": ("0.10.4", False), "0.9.10 + gradfix": ("0.9.10", True),
+        "0.9.10 unpatched": ("0.9.10", False), "fixed 0.10.4 (control)": ("0.10.4", False)}
+
+
+def seconds_per_step(release, patched, samples):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRADFIX") and k != "PYTHONPATH"}
+    folders = [STUBS, CACHE / "openrlhf" / f"orl-{release}", CACHE / "deepspeed" / f"ds-{DEEPSPEED}"]
+    env.update(PYTHONPATH=os.pathsep.join(map(str, folders)), DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1",
+               TORCH_EXTENSIONS_DIR=str(CACHE / "deepspeed" / f"ext-{DEEPSPEED}"), GRADFIX="1" if patched else "0")
+    workdir = tempfile.mkdtemp(prefix="gradfix-bench-openrlhf-")
+    proc = subprocess.run([sys.executable, str(RUNNER), "--workdir", workdir, "--samples", str(samples)],
+                          env=env, cwd=workdir, capture_output=True, text=True, check=True)
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))
+    return json.loads(line[len("RESULT "):])["seconds_per_step"]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--samples", type=int, default=64)
+    args = parser.parse_args()
+    times = {name: [] for name in RUNS}
+    for _ in range(args.repeats):
+        for name, (release, patched) in RUNS.items():
+            times[name].append(seconds_per_step(release, patched, args.samples))
+    baseline = statistics.median(times["fixed 0.10.4"])
+    print(f"OpenRLHF SFT on CPU, DeepSpeed {DEEPSPEED} ZeRO-2, GA 4, {args.samples // 4} steps, "
+          f"median of {args.repeats} interleaved runs")
+    for name, samples in times.items():
+        median = statistics.median(samples)
+        print(f"  {name:24s} {median * 1000:8.1f} ms/step   ratio {median / baseline:.3f}")
+    ratio = statistics.median(times["0.9.10 + gradfix"]) / baseline
+    print(f"patched / fixed = {ratio:.3f} (budget {BUDGET})")
+    return 0 if ratio <= BUDGET else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
