@@ -3,8 +3,10 @@ and ``SFTLoss``, and the wrapping of both.
 
 ``fit`` gets the window read-ahead (``_window.WindowedLoader``) in place of its
 dataloader while it runs; ``SFTLoss.forward`` gets the window's counts for the
-micro-batch being trained. The two variants differ only in how the loss is
-computed from those counts (``loss_with_counts``).
+micro-batch being trained; ``evaluate`` is left alone. The patches differ in the
+code their gate recognises and in how the loss is computed from the counts
+(``loss_with_counts``): by gradfix for 0.7.0-0.10.2, by OpenRLHF's own loss with
+the window's normalisers from 0.10.3 on.
 """
 
 from gradfix import gates, report
