@@ -126,6 +126,7 @@ def deepspeed(session):
 # pin transformers 4 carry the hub, tokenizers, peft and datasets releases it works with.
 TRANSFORMERS_4_STACK = ["huggingface-hub==0.36.0", "peft==0.15.2", "datasets==3.6.0"]
 OPENRLHF_RELEASES = {
+    "0.6.4": ("4.50.0", "0.16.9", [*TRANSFORMERS_4_STACK, "tokenizers==0.21.4"]),  # GPTLMLoss: reported only
     "0.7.5": ("4.51.3", "0.16.9", [*TRANSFORMERS_4_STACK, "tokenizers==0.21.4"]),
     "0.8.11": ("4.56.1", "0.18.3", TRANSFORMERS_4_STACK),
     "0.9.10": ("5.5.0", "0.18.9", []),

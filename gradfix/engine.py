@@ -167,6 +167,9 @@ def _code_gate(record, module):
         return detail
     if probe.verdict == CodeVerdict.FIXED:
         record.set(State.NOT_NEEDED, f"{package}: the installed code already has the fix{detail}")
+    elif probe.verdict == CodeVerdict.UNCORRECTABLE:
+        record.set(State.UNSUPPORTED, f"{package} has this bug and gradfix cannot correct it here: "
+                   f"{probe.detail}. Upgrading to {entry.package} >={entry.fixed_in} fixes it upstream")
     elif record.version_verdict == VersionVerdict.UNCERTAIN and not plausibly_affected(
         record.installed_version, entry.affected_set
     ):

@@ -44,6 +44,7 @@ class CodeVerdict:
     BUGGY = "buggy"  # the known buggy code: patch it
     FIXED = "fixed"  # already behaves like the upstream fix: leave it alone
     UNKNOWN = "unknown"  # neither: never patch blindly
+    UNCORRECTABLE = "uncorrectable"  # the known buggy code, but no reliable correction exists
 
 
 class Probe:
@@ -68,6 +69,12 @@ def fixed(detail: str = "") -> Probe:
 
 def unknown(detail: str) -> Probe:
     return Probe(CodeVerdict.UNKNOWN, detail)
+
+
+def uncorrectable(detail: str) -> Probe:
+    """The bug is there and gradfix cannot correct it: ``detail`` says why and what
+    the user can do instead. Reported as unsupported; the fix is never applied."""
+    return Probe(CodeVerdict.UNCORRECTABLE, detail)
 
 
 def source_fingerprint(obj) -> str:

@@ -7,7 +7,8 @@ A fix module defines, at top level and without importing its framework:
     ``"deepspeed.runtime.zero.stage_1_and_2"``.
 ``probe(module) -> gates.Probe``
     The code gate: ``gates.buggy()``, ``gates.fixed()`` or ``gates.unknown(why)``
-    for the imported target (a behavioural probe or a source fingerprint).
+    for the imported target (a behavioural probe or a source fingerprint);
+    ``gates.uncorrectable(advice)`` for the known bug gradfix cannot correct.
 ``apply(module, patcher) -> None``
     Install the fix with ``patcher.wrap(owner, name, wrapper)``; call
     ``patcher.hit()`` whenever the wrapper corrects the buggy path.

@@ -196,6 +196,25 @@ def test_strict_mode_raises_on_failed(run_python):
     assert "toy-broken-apply is failed" in result.stderr
 
 
+def test_uncorrectable_bug_is_reported_unsupported_and_never_applied(run_python):
+    code = (
+        "import gftoy.accum\noriginal = vars(gftoy.accum.Accumulator)['result']\nimport gradfix\n"
+        "print('SAME', vars(gftoy.accum.Accumulator)['result'] is original)\n" + STATUS
+    )
+    result = run_python(code, catalogs=(toy.UNCORRECTABLE_CATALOG,))
+    assert result.returncode == 0 and result.value("SAME") is True
+    record = state(result, "toy-uncorrectable")
+    assert record["state"] == "unsupported"
+    assert "has this bug and gradfix cannot correct it here" in record["reason"]
+    assert "use gradient accumulation 1" in record["reason"] and "gftoy >=2.0" in record["reason"]
+
+
+def test_strict_mode_raises_on_uncorrectable(run_python):
+    result = run_python("import gradfix\nimport gftoy.accum\n", catalogs=(toy.UNCORRECTABLE_CATALOG,),
+                        env={"GRADFIX_STRICT": "1"})
+    assert result.returncode == 1 and "toy-uncorrectable is unsupported" in result.stderr
+
+
 def test_revert_restores_the_original_and_reactivation_reapplies(run_python, reference):
     code = (
         "import gftoy.accum\noriginal = vars(gftoy.accum.Accumulator)['add']\nimport gradfix\n"

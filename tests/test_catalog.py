@@ -108,17 +108,19 @@ def test_builtin_catalog_is_valid_and_matches_the_fix_modules():
 
 
 def test_fixture_catalog_matches_its_fix_modules():
-    fixtures = catalog.load([str(toy.CATALOG), str(toy.BROKEN_CATALOG)], include_builtin=False)
+    fixtures = catalog.load([str(toy.CATALOG), str(toy.BROKEN_CATALOG), str(toy.UNCORRECTABLE_CATALOG)],
+                            include_builtin=False)
     assert fixtures.problems == ()
-    assert sorted(fixtures.ids) == ["toy-accumulate-drop", "toy-broken-apply"]
+    assert sorted(fixtures.ids) == ["toy-accumulate-drop", "toy-broken-apply", "toy-uncorrectable"]
     assert implementation.coverage_problems(fixtures.entries, "gftoy_fixes") == []
 
 
 def test_coverage_check_finds_both_directions(tmp_path):
     fixtures = catalog.load([str(toy.CATALOG)], include_builtin=False)
-    # broken_apply exists as a module but the catalog above does not name it.
+    # broken_apply and uncorrectable exist as modules but the catalog above does not name them.
     assert implementation.coverage_problems(fixtures.entries, "gftoy_fixes") == [
-        "gftoy_fixes.broken_apply has no catalog entry (add patches/<id>.toml naming it)"
+        "gftoy_fixes.broken_apply has no catalog entry (add patches/<id>.toml naming it)",
+        "gftoy_fixes.uncorrectable has no catalog entry (add patches/<id>.toml naming it)",
     ]
     ghost = catalog.load_file(write(tmp_path, dict(VALID, implementation="gftoy_fixes.ghost")))
     problems = implementation.coverage_problems([ghost], "gftoy_fixes")

@@ -10,6 +10,7 @@ from pathlib import Path
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 CATALOG = FIXTURES / "catalog"
 BROKEN_CATALOG = FIXTURES / "catalog_broken"
+UNCORRECTABLE_CATALOG = FIXTURES / "catalog_uncorrectable"
 PATCH_ID = "toy-accumulate-drop"
 
 _HEAD = '''

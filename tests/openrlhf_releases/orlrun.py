@@ -22,8 +22,9 @@ def stacks():
     return json.loads(os.environ.get("GRADFIX_OPENRLHF_RELEASES", "{}"))
 
 
-def releases():
-    return sorted(stacks(), key=version)
+def releases(oldest="0.7.0"):
+    """The releases in the matrix from ``oldest`` on (0.6.x has no SFTLoss to correct)."""
+    return sorted((r for r in stacks() if version(r) >= version(oldest)), key=version)
 
 
 def version(release):

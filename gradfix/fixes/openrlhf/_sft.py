@@ -22,14 +22,14 @@ FIXED_MARK = "iter_grad_accum_global_norm"
 LOOP_MARK = "in self.train_dataloader:"
 
 
-def fit_source(module):
-    """(SFTTrainer, SFTLoss, source of SFTTrainer.fit) or a gates.unknown Probe."""
+def fit_source(module, loss_class="SFTLoss"):
+    """(SFTTrainer, the loss class, source of SFTTrainer.fit) or a gates.unknown Probe."""
     import inspect  # here: importing gradfix stays light
 
-    trainer, loss = getattr(module, "SFTTrainer", None), getattr(module, "SFTLoss", None)
+    trainer, loss = getattr(module, "SFTTrainer", None), getattr(module, loss_class, None)
     if not (isinstance(trainer, type) and isinstance(loss, type) and "fit" in vars(trainer)
             and "forward" in vars(loss)):
-        return gates.unknown("SFTTrainer.fit or SFTLoss.forward is missing")
+        return gates.unknown(f"SFTTrainer.fit or {loss_class}.forward is missing")
     try:
         source = inspect.getsource(vars(trainer)["fit"])
     except (OSError, TypeError) as exc:
