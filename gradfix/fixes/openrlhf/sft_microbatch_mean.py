@@ -15,10 +15,12 @@ TARGET = _sft.TARGET
 HITS, UNREACHED = _sft.HITS, _sft.UNREACHED
 
 
+CALL = "self.loss_fn(per_token_log_probs, loss_mask[:, :-1])"
+
+
 def probe(module):
-    return _sft.probe_with(
-        module, [_sft.LOOP_MARK, "self.loss_fn(per_token_log_probs, loss_mask[:, :-1])"], ["per_token_logps", "loss_mask"],
-        {}, 2.0, "each micro-batch's loss is a mean over its own tokens")
+    return _sft.probe_with(module, [_sft.LOOP_MARK, CALL], ["per_token_logps", "loss_mask"], {}, 2.0,
+                           "each micro-batch's loss is a mean over its own tokens")
 
 
 def window_token_mean(wrapped, loss_module, per_token_logps, loss_mask, counts):
