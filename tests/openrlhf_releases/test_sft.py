@@ -1,5 +1,5 @@
-"""openrlhf-sft-microbatch-mean and openrlhf-sft-microbatch-mean-dp against real
-OpenRLHF releases: the real CLI (openrlhf.cli.train_sft) on a tiny Llama with
+"""openrlhf-sft-microbatch-mean, openrlhf-sft-microbatch-mean-dp and
+openrlhf-sft-epoch-boundary against real OpenRLHF releases: the real CLI (openrlhf.cli.train_sft) on a tiny Llama with
 DeepSpeed on CPU, micro batch 1, GA 4, responses of 2 to 600 tokens. gradfix is
 active only through GRADFIX=1.
 
