@@ -94,7 +94,7 @@ def install_into_folder(session, folder, *requirements, env=None):
         return
     partial = folder.with_name("partial-" + folder.name)
     session.run_install("python", "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--upgrade",
-                "--target", str(partial), *requirements, env=env or {})
+                        "--target", str(partial), *requirements, env=env or {})
     partial.rename(folder)
 
 
@@ -122,7 +122,7 @@ def deepspeed(session):
 # run with, what else its folder needs). DeepSpeed: the cached release nearest its pin
 # that has none of the DeepSpeed bugs in the configurations these tests use (ZeRO-2
 # without offload), so that only the OpenRLHF bug is seen; the paper's configuration
-# test brings its own (0.18.9). The venv holds the transformers 5 line; releases that
+# test uses 0.9.10's (0.18.9, its pin) with offload. The venv holds the transformers 5 line; releases that
 # pin transformers 4 carry the hub, tokenizers, peft and datasets releases it works with.
 TRANSFORMERS_4_STACK = ["huggingface-hub==0.36.0", "peft==0.15.2", "datasets==3.6.0"]
 OPENRLHF_RELEASES = {
@@ -145,14 +145,13 @@ OPENRLHF_DEPENDENCIES = ["transformers==5.15.0", "peft", "accelerate", "datasets
 
 @nox.session(python="3.11")
 def openrlhf(session):
-    """Real OpenRLHF releases (SFT and PPO loss paths) with DeepSpeed on CPU. Each
-    release and the transformers it pins sit in their own folder under
-    ~/.cache/gradfix/openrlhf."""
+    """Real OpenRLHF releases (the SFT entry point) with DeepSpeed on CPU. Each release
+    and the transformers it pins sit in their own folder under ~/.cache/gradfix/openrlhf."""
     install_cached(session, "torch==2.13.0", group="torch")  # alone first: the local CPU wheel
     install_cached(session, *TEST_REQUIREMENTS, "pytest-xdist", "wrapt>=2,<3", *DEEPSPEED_DEPENDENCIES,
                    *OPENRLHF_DEPENDENCIES)
     install_gradfix(session)
-    install_deepspeed_releases(session, sorted({ds for _, ds, _ in OPENRLHF_RELEASES.values()} | {"0.18.9"}))
+    install_deepspeed_releases(session, sorted({deepspeed for _, deepspeed, _ in OPENRLHF_RELEASES.values()}))
     for release, (transformers, _, extras) in OPENRLHF_RELEASES.items():
         install_into_folder(session, CACHE / "openrlhf" / f"orl-{release}", f"openrlhf=={release}",
                             f"transformers=={transformers}", *extras)
@@ -173,7 +172,7 @@ def bench_deepspeed(session):
 
 @nox.session(python=False)
 def bench_openrlhf(session):
-    """Step time of OpenRLHF 0.9.10 + gradfix vs 0.10.4's own normalisation. Runs in the
+    """Step time of OpenRLHF 0.10.3 / 0.9.10 + gradfix vs 0.10.4's own normalisation. Runs in the
     `openrlhf` session's environment (run that session first); not part of the default run."""
     python = CACHE / "nox" / "openrlhf" / "bin" / "python"
     if not python.exists():

@@ -18,18 +18,18 @@ the time per step excludes start-up and the first step. Budget: 0.10.3 + gradfix
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+# The runs are the test suite's: its runner and its environment for a cached release.
+TESTS = Path(__file__).resolve().parent.parent / "tests"
+sys.path[:0] = [str(TESTS), str(TESTS / "openrlhf_releases")]
+from orlrun import RUNNER, release_env  # noqa: E402
+
 BUDGET = 1.01
-REPO = Path(__file__).resolve().parent.parent
-RUNNER = REPO / "tests" / "openrlhf_releases" / "sft_run.py"
-STUBS = REPO / "tests" / "openrlhf_releases" / "stubs"
-CACHE = Path(os.environ.get("GRADFIX_CACHE", Path.home() / ".cache" / "gradfix"))
 DEEPSPEED = "0.18.9"
 RUNS = {"fixed 0.10.4": ("0.10.4", False), "0.10.3 + gradfix": ("0.10.3", True),
         "0.10.3 unpatched": ("0.10.3", False), "0.9.10 + gradfix": ("0.9.10", True),
@@ -37,13 +37,10 @@ RUNS = {"fixed 0.10.4": ("0.10.4", False), "0.10.3 + gradfix": ("0.10.3", True),
 
 
 def seconds_per_step(release, patched, samples):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GRADFIX") and k != "PYTHONPATH"}
-    folders = [STUBS, CACHE / "openrlhf" / f"orl-{release}", CACHE / "deepspeed" / f"ds-{DEEPSPEED}"]
-    env.update(PYTHONPATH=os.pathsep.join(map(str, folders)), DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1",
-               TORCH_EXTENSIONS_DIR=str(CACHE / "deepspeed" / f"ext-{DEEPSPEED}"), GRADFIX="1" if patched else "0")
-    workdir = tempfile.mkdtemp(prefix="gradfix-bench-openrlhf-")
-    proc = subprocess.run([sys.executable, str(RUNNER), "--workdir", workdir, "--samples", str(samples)],
-                          env=env, cwd=workdir, capture_output=True, text=True, check=True)
+    env = release_env(release, DEEPSPEED, GRADFIX="1" if patched else "0")
+    with tempfile.TemporaryDirectory(prefix="gradfix-bench-openrlhf-") as workdir:
+        proc = subprocess.run([sys.executable, str(RUNNER), "--workdir", workdir, "--samples", str(samples)],
+                              env=env, cwd=workdir, capture_output=True, text=True, check=True)
     line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))
     return json.loads(line[len("RESULT "):])["seconds_per_step"]
 

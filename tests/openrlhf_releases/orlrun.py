@@ -51,14 +51,14 @@ def sft(release, patched, deepspeed=None, world=1, disable=None, **options):
     for name, value in sorted(options.items()):
         flag = "--" + name.replace("_", "-")
         flags += [flag] if value is True else [flag, str(value)]
-    workdir = tempfile.mkdtemp(prefix=f"orl-{release}-")
     launcher = [sys.executable]
     if world > 1:
         launcher += ["-m", "torch.distributed.run", "--nproc_per_node", str(world),
                      "--master_port", str(29600 + os.getpid() % 1000)]
-    argv = [*launcher, str(RUNNER), "--workdir", workdir, *flags]
     env = release_env(release, deepspeed, GRADFIX="1" if patched else "0", GRADFIX_DISABLE=disable)
-    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900, cwd=workdir)
+    with tempfile.TemporaryDirectory(prefix=f"orl-{release}-") as workdir:  # model, data, checkpoint
+        argv = [*launcher, str(RUNNER), "--workdir", workdir, *flags]
+        proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900, cwd=workdir)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, f"{argv} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return json.loads(lines[0][len("RESULT "):])

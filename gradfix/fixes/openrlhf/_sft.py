@@ -62,8 +62,9 @@ def probe_with(module, marks, loss_signature, counts, expected, what, fixed_mark
         return gates.fixed()
     if not all(mark in source for mark in marks):
         return gates.unknown("SFTTrainer.fit does not compute its loss as expected for this release")
-    if loss_parameters(loss) != loss_signature:
-        return gates.unknown(f"SFTLoss.forward takes {loss_parameters(loss)}, expected {loss_signature}")
+    parameters = loss_parameters(loss)
+    if parameters != loss_signature:
+        return gates.unknown(f"SFTLoss.forward takes {parameters}, expected {loss_signature}")
     try:
         value = microbatch_loss_value(loss, **counts)
     except Exception as exc:
@@ -113,10 +114,9 @@ def apply_with(module, patcher, loss_with_counts):
             return wrapped(*args, **kwargs)
         loader = trainer.train_dataloader
         trainer.train_dataloader = _window.WindowedLoader(loader, plan, trainer.epochs)
-        _window.pending.queue.clear()
         try:
             return wrapped(*args, **kwargs)
-        finally:
+        finally:  # counts of micro-batches never trained (an error, a break) must not leak
             trainer.train_dataloader = loader
             _window.pending.queue.clear()
 
@@ -135,7 +135,7 @@ def apply_with(module, patcher, loss_with_counts):
             return wrapped(*args, **kwargs)
         return loss_with_counts(wrapped, loss_module, args[0], args[1], counts)
 
-    trainer, loss, _ = fit_source(module)
+    trainer, loss = module.SFTTrainer, module.SFTLoss  # the probe checked both
     patcher.wrap(trainer, "fit", windowed_fit)
     patcher.wrap(loss, "forward", window_loss)
     if "evaluate" in vars(trainer):  # its losses are plain per-batch means, as upstream keeps them

@@ -89,9 +89,9 @@ class WindowedLoader:
     def __init__(self, loader, plan, epochs):
         self._loader, self._plan, self._epochs = loader, plan, epochs
         self._carried = None  # (iterator, [(batch, counts)]) read ahead from the next epoch
-        # Position in DeepSpeed's window: its count when fit started plus what we
+        # Micro-steps into DeepSpeed's run: its count when fit started plus what we
         # yielded (not its live count: 0.10.4+ reads a window ahead of training).
-        self._yielded = plan.micro_steps_done()
+        self._position = plan.micro_steps_done()
 
     def __getattr__(self, name):
         return getattr(self._loader, name)
@@ -108,14 +108,14 @@ class WindowedLoader:
                 return
             for batch, counts in window:
                 pending.queue.append(counts)
-                self._yielded += 1
+                self._position += 1
                 yield batch
             window = []
             if self._carried is not None:  # the rest of this window is in the next epoch
                 return
 
     def _next_window(self, iterator):
-        wanted = self._plan.accumulation - self._yielded % self._plan.accumulation
+        wanted = self._plan.accumulation - self._position % self._plan.accumulation
         batches = list(islice(iterator, wanted))
         if not batches:
             return []

@@ -13,8 +13,6 @@ from . import _sft
 
 TARGET = _sft.TARGET
 HITS, UNREACHED = _sft.HITS, _sft.UNREACHED
-
-
 CALL = "self.loss_fn(per_token_log_probs, loss_mask[:, :-1])"
 
 
