@@ -159,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backwards", type=int, default=1, metavar="K",
                    help="backward() calls per optimizer step, for GA 1 with several backwards (default 1)")
     p.add_argument("--steps", type=int, default=3, help="optimizer steps per run (default 3)")
+    p.add_argument("--ranks", type=int, default=1, metavar="N",
+                   help="data-parallel ranks of the DeepSpeed runs, started on this machine (default 1; bugs in "
+                        "the cross-rank reduction need 2)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="where DeepSpeed runs (default: cuda when available, else cpu)")
     p.add_argument("--timeout", type=float, default=600, help="seconds per run before giving up (default 600)")

@@ -13,6 +13,7 @@ could not run (no DeepSpeed, bad configuration, a run failed).
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -52,9 +53,22 @@ def _worker_env(gradfix_value, device):
     return env
 
 
+def _free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def _start(mode, gradfix_value, config_path, options):
-    argv = [sys.executable, "-m", "gradfix.verify.worker", "--mode", mode, "--config", config_path,
-            "--device", options.device, "--steps", str(options.steps), "--backwards", str(options.backwards)]
+    worker = ["gradfix.verify.worker", "--mode", mode, "--config", config_path, "--device", options.device,
+              "--steps", str(options.steps), "--backwards", str(options.backwards)]
+    if mode == "reference":
+        argv = [sys.executable, "-m", *worker, "--world", str(options.ranks)]
+    elif options.ranks > 1:  # data-parallel ranks on this machine, started the way torchrun does
+        argv = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(options.ranks),
+                "--master_port", str(_free_port()), "-m", *worker]
+    else:
+        argv = [sys.executable, "-m", *worker]
     return subprocess.Popen(argv, env=_worker_env(gradfix_value, options.device), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
@@ -150,8 +164,10 @@ class Outcome:
     def write(self, out):
         say = lambda line="": print(line, file=out)  # noqa: E731
         reference = self.results["reference"]
+        ranks = reference.get("world", 1)
         say(f"gradfix verify: DeepSpeed {self.version}, {dsconfig.describe(self.config)}, "
-            f"{len(reference['params'])} optimizer steps on a tiny model")
+            f"{len(reference['params'])} optimizer steps on a tiny model"
+            + (f", {ranks} data-parallel ranks" if ranks > 1 else ""))
         for change in self.changes:
             say(f"  config: {change}")
         say()
@@ -167,8 +183,9 @@ class Outcome:
         say(f"Verdict: {self.verdict}")
         say(f"(Update error: distance of the parameters from the plain PyTorch fp32 reference after each "
             f"step, relative to the reference's update; matches when every step is within "
-            f"{100 * compare.TOLERANCE[self.precision]:g}% for {self.precision}. One process: data-parallel "
-            f"averaging is not part of this check.)")
+            f"{100 * compare.TOLERANCE[self.precision]:g}% for {self.precision}. "
+            + ("One process: data-parallel averaging is not part of this check; --ranks 2 adds it.)" if ranks == 1
+               else f"The reference averages the {ranks} ranks' micro-batches as data-parallel training does.)"))
 
 
 def _config(options):
@@ -190,8 +207,8 @@ def main(options, out=sys.stdout, err=sys.stderr):
     except dsconfig.ConfigError as exc:
         print(f"gradfix verify: {exc}", file=err)
         return CANNOT_RUN
-    if options.steps < 1 or options.backwards < 1:
-        print("gradfix verify: --steps and --backwards must be 1 or more", file=err)
+    if options.steps < 1 or options.backwards < 1 or options.ranks < 1:
+        print("gradfix verify: --steps, --backwards and --ranks must be 1 or more", file=err)
         return CANNOT_RUN
     if not _deepspeed_importable():
         print("gradfix verify: DeepSpeed is not installed in this Python environment "

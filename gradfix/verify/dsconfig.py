@@ -23,7 +23,7 @@ class ConfigError(ValueError):
 
 
 def default_config(stage=2, offload="cpu", ga=DEFAULT_GA, precision="fp32", clipping=0.0,
-                   micro_batch=DEFAULT_MICRO_BATCH, overlap_comm=None):
+                   micro_batch=DEFAULT_MICRO_BATCH, overlap_comm=None, grad_accum_dtype=None):
     zero = {"stage": stage}
     if overlap_comm is not None:
         zero["overlap_comm"] = overlap_comm
@@ -39,6 +39,8 @@ def default_config(stage=2, offload="cpu", ga=DEFAULT_GA, precision="fp32", clip
     }
     if precision != "fp32":
         config[precision] = {"enabled": True}
+    if grad_accum_dtype is not None:  # bf16 + "fp32" + ZeRO-1 selects DeepSpeed's BF16_Optimizer
+        config["data_types"] = {"grad_accum_dtype": grad_accum_dtype}
     return finish(config)
 
 
@@ -170,6 +172,9 @@ def describe(config):
     parts = [f"ZeRO-{stage}", f"offload_optimizer={offload or 'none'}",
              f"GA {config['gradient_accumulation_steps']}", f"micro-batch {config['train_micro_batch_size_per_gpu']}",
              precision_of(config)]
+    accumulation = (config.get("data_types") or {}).get("grad_accum_dtype")
+    if accumulation:
+        parts.append(f"grad_accum_dtype {accumulation}")
     if config.get("gradient_clipping"):
         parts.append(f"clipping {config['gradient_clipping']}")
     return ", ".join(parts)

@@ -87,3 +87,20 @@ def test_plain_zero2_config(tmp_path):
     assert run_line(proc.stdout, "without gradfix").endswith("WRONG")
     assert run_line(proc.stdout, "with gradfix").endswith("matches")
     assert "ds-zero2-epilogue-reset: applied, corrected 9 accumulation micro-steps" in proc.stdout
+
+
+@needs("0.18.5")
+def test_two_ranks_bf16_zero1_config(tmp_path):
+    """bf16 + fp32 accumulation + ZeRO-1 (ds-bf16-zero1-last-microbatch): the bug is
+    in the cross-rank reduction, so one process shows nothing and --ranks 2 shows it."""
+    bf16_zero1 = {"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 4,
+                  "zero_optimization": {"stage": 1}, "bf16": {"enabled": True},
+                  "data_types": {"grad_accum_dtype": "fp32"}}
+    (tmp_path / "bf16_zero1.json").write_text(json.dumps(bf16_zero1))
+    proc = verify("0.18.5", "--ds-config", "bf16_zero1.json", "--ranks", "2", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "ZeRO-1, offload_optimizer=none, GA 4, micro-batch 2, bf16, grad_accum_dtype fp32" in proc.stdout
+    assert "2 data-parallel ranks" in proc.stdout
+    assert run_line(proc.stdout, "without gradfix").endswith("WRONG")
+    assert run_line(proc.stdout, "with gradfix").endswith("matches")
+    assert "ds-bf16-zero1-last-microbatch: applied, corrected 3 accumulation boundaries" in proc.stdout
