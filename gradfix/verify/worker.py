@@ -99,7 +99,10 @@ def run_deepspeed(config, args):
             loss = torch.nn.functional.mse_loss(engine(x), y)
             if several_backwards:  # the caller marks the inner backwards itself
                 engine.set_gradient_accumulation_boundary(micro == per_step - 1)
-            engine.backward(loss)
+            if args.user_scaled_loss:  # as Hugging Face Accelerate does
+                engine.backward(loss / engine.gradient_accumulation_steps(), scale_wrt_gas=False)
+            else:
+                engine.backward(loss)
             if not several_backwards:
                 engine.step()
         if several_backwards:
@@ -129,6 +132,8 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--backwards", type=int, default=1, help="backward() calls per optimizer step (GA 1)")
     parser.add_argument("--world", type=int, default=1, help="reference only: data-parallel ranks to average")
+    parser.add_argument("--user-scaled-loss", action="store_true",
+                        help="divide the loss by GA here and call engine.backward(loss, scale_wrt_gas=False)")
     args = parser.parse_args(argv)
     with open(args.config) as handle:
         config = json.load(handle)

@@ -71,10 +71,12 @@ def probe(module):
     return gates.unknown(f"{METHOD} did {order} on the probe (expected reduce and accumulate, in some order)")
 
 
-def _reduces_now(engine) -> bool:
-    """Whether this epilogue all-reduces across several ranks: the only case in
-    which the order changes the result."""
+def _corrects_now(engine, optimizer) -> bool:
+    """Whether this epilogue all-reduces across several ranks a micro-batch the
+    optimizer has yet to add (with ``immediate_grad_update`` hooks add it during
+    backward): the only case in which the order changes more than rounding."""
     return (engine.enable_backward_allreduce and not engine.inside_no_sync_ctxt
+            and not getattr(optimizer, "immediate_grad_update", False)
             and engine.is_gradient_accumulation_boundary() and getattr(engine, "dp_world_size", 1) > 1)
 
 
@@ -85,7 +87,7 @@ def apply(module, patcher):
         optimizer = engine.optimizer
         if not isinstance(optimizer, optimizer_cls):
             return wrapped(*args, **kwargs)
-        if _reduces_now(engine):
+        if _corrects_now(engine, optimizer):
             patcher.hit()
         optimizer.backward_epilogue()
         own = vars(optimizer).pop("backward_epilogue", None)  # normally none: the class's method
