@@ -83,8 +83,8 @@ def tests_oldest_python(session):
 # 0.18.2 (before), 0.18.5 (oldest affected), 0.18.9. ds-scale-wrt-gas-ignored: 0.18.2,
 # 0.18.3 (the one affected release), 0.18.4 (fixed). 0.19.0 first fixed for the offload
 # and bf16 bugs, 0.19.8 the newest release.
-DEEPSPEED_RELEASES = ["0.14.5", "0.15.1", "0.15.2", "0.16.4", "0.16.9", "0.17.6", "0.18.2", "0.18.3", "0.18.4", "0.18.5",
-                      "0.18.6", "0.18.9", "0.19.0", "0.19.8"]
+DEEPSPEED_RELEASES = ["0.14.5", "0.15.1", "0.15.2", "0.16.4", "0.16.9", "0.17.6", "0.18.2", "0.18.3", "0.18.4",
+                      "0.18.5", "0.18.6", "0.18.9", "0.19.0", "0.19.8"]
 DEEPSPEED_DEPENDENCIES = ["hjson", "msgpack", "ninja", "numpy", "psutil", "py-cpuinfo", "pydantic", "tqdm",
                           "einops", "setuptools", "wheel"]
 
