@@ -15,6 +15,9 @@ from dsrun import FIRST_FIXED, config, releases, same_gradients, train, update_e
 GA_AFFECTED = lambda r: (0, 15, 2) <= version(r) < (0, 19, 0)  # noqa: E731
 MULTI_AFFECTED = lambda r: version(r) < (0, 19, 0)  # noqa: E731
 ZERO2_EPILOGUE_BUG = lambda r: (0, 17, 6) <= version(r) < (0, 18, 3)  # noqa: E731  (ds-D)
+# 0.18.4 and 0.18.5 are in the matrix for other patches; for these bugs they are the same
+# source variant as 0.18.3 and 0.18.6, so they are left out here to keep CI short.
+OFFLOAD_MATRIX = [r for r in releases() if r not in ("0.18.4", "0.18.5")]
 GA4 = config(stage=2, offload="cpu", ga=4)
 MULTI = config(stage=2, offload="cpu", ga=1)
 
@@ -36,24 +39,24 @@ def check_release(release, options, patch_id, affected, hits, backwards=1, first
         assert same_gradients(unpatched, reference) and patched["params"] == unpatched["params"]
 
 
-@pytest.mark.parametrize("release", releases())
+@pytest.mark.parametrize("release", OFFLOAD_MATRIX)
 def test_ga4_offload(release):
     check_release(release, GA4, "ds-zero2-offload-ga", GA_AFFECTED(release), hits=3 * 2)  # 3 steps x micro 2, 3
 
 
-@pytest.mark.parametrize("release", releases())
+@pytest.mark.parametrize("release", OFFLOAD_MATRIX)
 def test_multi_backward_offload(release):
     check_release(release, MULTI, "ds-zero2-offload-multi-backward", MULTI_AFFECTED(release), hits=3 * 4,
                   backwards=4)  # 3 steps x 4 backwards
 
 
-@pytest.mark.parametrize("release", releases())
+@pytest.mark.parametrize("release", OFFLOAD_MATRIX)
 def test_ga4_without_offload(release):
     check_release(release, config(stage=2, offload="none", ga=4), "ds-zero2-epilogue-reset",
                   ZERO2_EPILOGUE_BUG(release), hits=3 * 3, first_fixed="0.18.3")  # 3 steps x micro 1, 2, 3
 
 
-@pytest.mark.parametrize("release", releases())
+@pytest.mark.parametrize("release", OFFLOAD_MATRIX)
 def test_several_backwards_without_offload(release):
     check_release(release, config(stage=2, offload="none", ga=1), "ds-zero2-epilogue-reset",
                   ZERO2_EPILOGUE_BUG(release), hits=3 * 3, backwards=4, first_fixed="0.18.3")
@@ -75,7 +78,7 @@ CONFIGURATIONS = {
 
 
 @pytest.mark.parametrize("name", CONFIGURATIONS)
-@pytest.mark.parametrize("release", [r for r in releases() if GA_AFFECTED(r)])
+@pytest.mark.parametrize("release", [r for r in OFFLOAD_MATRIX if GA_AFFECTED(r)])
 def test_patched_configurations_match_the_reference(release, name):
     options = CONFIGURATIONS[name]
     patched, reference = train(release, True, options), train(None, False, options)
@@ -87,7 +90,7 @@ def test_patched_configurations_match_the_reference(release, name):
         assert same_gradients(patched, reference), update_error(patched, reference)
 
 
-@pytest.mark.parametrize("release", [r for r in releases() if MULTI_AFFECTED(r)])
+@pytest.mark.parametrize("release", [r for r in OFFLOAD_MATRIX if MULTI_AFFECTED(r)])
 def test_zero1_several_backwards_match_the_reference(release):
     options = config(stage=1, offload="cpu", ga=1)
     patched = train(release, True, options, 4)
