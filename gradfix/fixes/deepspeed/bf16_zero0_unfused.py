@@ -17,9 +17,6 @@ unfused optimizer whose parameters are bf16, and the missing zero_grad after eac
 optimizer step of a bf16 run without ZeRO.
 """
 
-import inspect
-import re
-
 from gradfix import gates
 
 TARGET = "deepspeed.runtime.engine"  # imports FP16_UnfusedOptimizer by name
@@ -29,7 +26,7 @@ STEP = "_take_model_step"
 HITS = "optimizer steps"
 UNREACHED = "no bf16 run without ZeRO (stage 0) took an optimizer step"
 UNIT_SCALE = "_gradfix_bf16_unit_scale"  # set on the optimizers this fix gave a loss scale of 1
-GATED_ZERO_GRAD = re.compile(r"if self\.zero_optimization\(\) and hasattr\(self\.optimizer, ['\"]zero_grad['\"]\)")
+GATED_ZERO_GRAD = r"if self\.zero_optimization\(\) and hasattr\(self\.optimizer, ['\"]zero_grad['\"]\)"
 
 
 def _classes(module):
@@ -40,6 +37,9 @@ def _classes(module):
 
 
 def probe(module):
+    import inspect  # here, not at module level: importing gradfix stays cheap
+    import re
+
     classes = _classes(module)
     if classes is None:
         return gates.unknown(f"{ENGINE}.{STEP} or {OPTIMIZER} is missing")
@@ -48,7 +48,7 @@ def probe(module):
         return gates.fixed(f"bf16 without ZeRO does not use {OPTIMIZER} (the code before 0.17.6)")
     try:
         knows_bf16 = "low_precision_dtype" in inspect.signature(optimizer_cls.__init__).parameters
-        gated = bool(GATED_ZERO_GRAD.search(inspect.getsource(vars(engine_cls)[STEP])))
+        gated = bool(re.search(GATED_ZERO_GRAD, inspect.getsource(vars(engine_cls)[STEP])))
     except (OSError, TypeError, ValueError) as exc:
         return gates.unknown(f"cannot read {ENGINE}.{STEP} or {OPTIMIZER}.__init__: {exc}")
     if knows_bf16 and not gated:
