@@ -77,8 +77,13 @@ CONFIGURATIONS = {
 }
 
 
+# The oldest and newest release of each source variant of the offload bug (the other
+# affected releases run the main tests above).
+VARIANT_ENDS = ["0.15.2", "0.18.2", "0.18.3", "0.18.9"]
+
+
 @pytest.mark.parametrize("name", CONFIGURATIONS)
-@pytest.mark.parametrize("release", [r for r in OFFLOAD_MATRIX if GA_AFFECTED(r)])
+@pytest.mark.parametrize("release", [r for r in OFFLOAD_MATRIX if r in VARIANT_ENDS])
 def test_patched_configurations_match_the_reference(release, name):
     options = CONFIGURATIONS[name]
     patched, reference = train(release, True, options), train(None, False, options)
