@@ -81,10 +81,11 @@ def tests_oldest_python(session):
 # (0.16.4, 0.16.9, 0.18.2), variant 2 (0.18.3, 0.18.6, 0.18.9). ds-zero2-epilogue-reset:
 # 0.17.6 (oldest affected) to 0.18.2, 0.18.3 first fixed. ds-bf16-zero1-last-microbatch:
 # 0.18.2 (before), 0.18.5 (oldest affected), 0.18.9. ds-scale-wrt-gas-ignored: 0.18.2,
-# 0.18.3 (the one affected release), 0.18.4 (fixed). 0.19.0 first fixed for the offload
-# and bf16 bugs, 0.19.8 the newest release.
+# 0.18.3 (the one affected release), 0.18.4 (fixed). ds-pipeline-ga-scale: 0.15.2 (before),
+# variant 1 (0.16.4, 0.18.2), variant 2 (0.18.3, 0.19.2), 0.19.3 (first fixed). 0.19.0
+# first fixed for the offload and bf16 bugs, 0.19.8 the newest release.
 DEEPSPEED_RELEASES = ["0.14.5", "0.15.1", "0.15.2", "0.16.4", "0.16.9", "0.17.6", "0.18.2", "0.18.3", "0.18.4",
-                      "0.18.5", "0.18.6", "0.18.9", "0.19.0", "0.19.8"]
+                      "0.18.5", "0.18.6", "0.18.9", "0.19.0", "0.19.2", "0.19.3", "0.19.8"]
 DEEPSPEED_DEPENDENCIES = ["hjson", "msgpack", "ninja", "numpy", "psutil", "py-cpuinfo", "pydantic", "tqdm",
                           "einops", "setuptools", "wheel"]
 
@@ -106,7 +107,17 @@ def install_deepspeed_releases(session, releases):
     for release in releases:
         install_into_folder(session, CACHE / "deepspeed" / f"ds-{release}", f"deepspeed=={release}",
                             env={"DS_BUILD_OPS": "0"})
+    clear_interrupted_builds(CACHE / "deepspeed")
     return CACHE / "deepspeed"
+
+
+def clear_interrupted_builds(folder):
+    """torch's JIT build of a DeepSpeed op (ext-<release>/<op>) holds a ``lock`` file
+    while it compiles. A build that was killed (Ctrl-C, a cancelled job) leaves it
+    behind, and every later run would wait on it forever. Sessions run one at a time,
+    so no build is under way when one starts."""
+    for lock in folder.glob("ext-*/*/lock"):
+        lock.unlink()
 
 
 @nox.session(python="3.11")

@@ -162,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ranks", type=int, default=1, metavar="N",
                    help="data-parallel ranks of the DeepSpeed runs, started on this machine (default 1; bugs in "
                         "the cross-rank reduction need 2)")
+    p.add_argument("--pipeline-stages", type=int, default=0, metavar="S",
+                   help="train the model as a DeepSpeed PipelineModule of S stages with train_batch() (S x ranks "
+                        "processes; ZeRO 0 or 1; default 0: no pipeline)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="where DeepSpeed runs (default: cuda when available, else cpu)")
     p.add_argument("--timeout", type=float, default=600, help="seconds per run before giving up (default 600)")

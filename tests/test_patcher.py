@@ -46,6 +46,14 @@ def test_wrap_where_defined_reaches_subclasses_and_existing_objects():
     assert patcher.locations == (f"{__name__}.make_class.<locals>.Base.scale",)
 
 
+def test_overrides_checked_by_the_fix_are_not_reported():
+    Base, _, Overrider = make_class()
+    patcher = Patcher("demo")
+    patcher.wrap(Base, "scale", add_ten, overridden_on_purpose=(Overrider,))
+    assert patcher.notes == []
+    assert Overrider().scale(1) == 3
+
+
 def test_wrap_static_and_class_methods_keep_binding():
     Base, Child, _ = make_class()
     patcher = Patcher("demo")

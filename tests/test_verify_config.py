@@ -125,3 +125,18 @@ def test_verify_with_a_bad_config_file(tmp_path):
                           capture_output=True, text=True, env=clean_env(), cwd=tmp_path)
     assert proc.returncode == 2
     assert "gradient_accumulation_steps must be a positive integer" in proc.stderr
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--ds-config", "zero2.json", "--pipeline-stages", "2"],
+     "--pipeline-stages needs ZeRO stage 0 or 1 (the config has 2)"),
+    (["--pipeline-stages", "2", "--backwards", "2"], "--pipeline-stages and --backwards cannot be combined"),
+    (["--pipeline-stages", "-1"], "--pipeline-stages 0 or more"),
+])
+def test_verify_pipeline_options_are_checked(tmp_path, arguments, message):
+    zero2 = {"gradient_accumulation_steps": 4, "zero_optimization": {"stage": 2}}
+    (tmp_path / "zero2.json").write_text(json.dumps(zero2))
+    proc = subprocess.run([sys.executable, "-m", "gradfix", "verify", *arguments], capture_output=True, text=True,
+                          env=clean_env(), cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and proc.stdout == ""

@@ -62,13 +62,14 @@ def _free_port():
 def _start(mode, gradfix_value, config_path, options):
     worker = ["gradfix.verify.worker", "--mode", mode, "--config", config_path, "--device", options.device,
               "--steps", str(options.steps), "--backwards", str(options.backwards)]
+    processes = options.ranks * max(options.pipeline_stages, 1)
     if mode == "reference":
         argv = [sys.executable, "-m", *worker, "--world", str(options.ranks)]
-    elif options.ranks > 1:  # data-parallel ranks on this machine, started the way torchrun does
-        argv = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(options.ranks),
-                "--master_port", str(_free_port()), "-m", *worker]
+    elif processes > 1:  # ranks and stages on this machine, started the way torchrun does
+        argv = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+                "--master_port", str(_free_port()), "-m", *worker, "--pipeline-stages", str(options.pipeline_stages)]
     else:
-        argv = [sys.executable, "-m", *worker]
+        argv = [sys.executable, "-m", *worker, "--pipeline-stages", str(options.pipeline_stages)]
     return subprocess.Popen(argv, env=_worker_env(gradfix_value, options.device), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
@@ -165,9 +166,11 @@ class Outcome:
         say = lambda line="": print(line, file=out)  # noqa: E731
         reference = self.results["reference"]
         ranks = reference.get("world", 1)
+        stages = self.results["without gradfix"].get("stages", 0)
         say(f"gradfix verify: DeepSpeed {self.version}, {dsconfig.describe(self.config)}, "
             f"{len(reference['params'])} optimizer steps on a tiny model"
-            + (f", {ranks} data-parallel ranks" if ranks > 1 else ""))
+            + (f", {ranks} data-parallel ranks" if ranks > 1 else "")
+            + (f", a pipeline of {stages} stages (train_batch)" if stages else ""))
         for change in self.changes:
             say(f"  config: {change}")
         say()
@@ -191,6 +194,9 @@ class Outcome:
 def _config(options):
     if options.ds_config:
         config, changes = dsconfig.adapt(dsconfig.load(options.ds_config), options.precision)
+    elif options.pipeline_stages:
+        config = dsconfig.default_config(stage=1, offload="none", precision=options.precision or "fp32")
+        changes = ["ZeRO-1 without offload (the default ZeRO-2 + offload cannot run as a pipeline)"]
     else:
         config, changes = dsconfig.default_config(precision=options.precision or "fp32"), []
     if options.ga is not None:
@@ -198,17 +204,26 @@ def _config(options):
             raise dsconfig.ConfigError(f"--ga must be 1 or more, not {options.ga}")
         config["gradient_accumulation_steps"] = options.ga
         changes.append(f"gradient_accumulation_steps = {options.ga} (--ga)")
+    if options.pipeline_stages:
+        stage = int((config.get("zero_optimization") or {}).get("stage", 0) or 0)
+        if stage > 1:
+            raise dsconfig.ConfigError(f"--pipeline-stages needs ZeRO stage 0 or 1 (the config has {stage}): "
+                                       "DeepSpeed's pipeline engine refuses ZeRO-2 and ZeRO-3")
+        if options.backwards > 1:
+            raise dsconfig.ConfigError("--pipeline-stages and --backwards cannot be combined: a pipeline runs "
+                                       "gradient_accumulation_steps micro-batches per train_batch()")
     return config, changes
 
 
 def main(options, out=sys.stdout, err=sys.stderr):
+    if options.steps < 1 or options.backwards < 1 or options.ranks < 1 or options.pipeline_stages < 0:
+        print("gradfix verify: --steps, --backwards and --ranks must be 1 or more, --pipeline-stages 0 or more",
+              file=err)
+        return CANNOT_RUN
     try:
         config, changes = _config(options)
     except dsconfig.ConfigError as exc:
         print(f"gradfix verify: {exc}", file=err)
-        return CANNOT_RUN
-    if options.steps < 1 or options.backwards < 1 or options.ranks < 1:
-        print("gradfix verify: --steps, --backwards and --ranks must be 1 or more", file=err)
         return CANNOT_RUN
     if not _deepspeed_importable():
         print("gradfix verify: DeepSpeed is not installed in this Python environment "

@@ -6,6 +6,7 @@ norms and, when gradfix is imported, its patch records.
 
     python -m gradfix.verify.worker --mode deepspeed --config ds.json
     python -m gradfix.verify.worker --mode reference --config ds.json --world 2
+    python -m gradfix.verify.worker --mode deepspeed --config ds.json --pipeline-stages 2  (under torchrun)
 
 The DeepSpeed run takes its rank and world size from the usual environment
 variables (set by torchrun); with none set it runs as a single process. Each rank
@@ -117,11 +118,72 @@ def run_deepspeed(config, args):
             "deepspeed": deepspeed.__version__, "dtype": str(dtype).replace("torch.", "")}
 
 
+def _stage_parameters(engine):
+    """Every stage's parameters in model order (data-parallel replica 0), on every rank."""
+    mine = (engine.stage_id, engine.grid.get_data_parallel_rank(), flat(engine.module))
+    gathered = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(gathered, mine)
+    return [value for stage, replica, values in sorted(gathered) if replica == 0 for value in values]
+
+
+def run_pipeline(config, args):
+    """The same model as a ``PipelineModule`` of ``args.pipeline_stages`` stages, one
+    ``train_batch()`` (GA micro-batches) per optimizer step. The processes are split
+    into stages first, data-parallel replicas second."""
+    _distributed_environment(args.device)
+    import deepspeed
+    from deepspeed.pipe import PipelineModule
+
+    deepspeed.init_distributed(dist_backend="gloo" if args.device == "cpu" else "nccl")
+    size, _, ga = window(config, 1)
+    net = build_model()
+    initial = flat(net)
+    module = PipelineModule(layers=list(net), num_stages=args.pipeline_stages, loss_fn=torch.nn.MSELoss(),
+                            partition_method="uniform")
+    engine, _, _, _ = deepspeed.initialize(model=module, optimizer=torch.optim.SGD(module.parameters(), lr=LR),
+                                           config=config)
+    replica = engine.grid.get_data_parallel_rank()
+    params, norms = [], []
+    for step in range(args.steps):
+        engine.train_batch(data_iter=iter([micro_batch(step, micro, replica, size) for micro in range(ga)]))
+        norm = engine.get_global_grad_norm()
+        norms.append(float(norm) if norm is not None else None)
+        params.append(_stage_parameters(engine))
+    records = [None] * torch.distributed.get_world_size()  # each stage corrects its own part of the backward
+    torch.distributed.all_gather_object(records, gradfix_records())
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+    return {"initial": initial, "params": params, "grad_norms": norms,
+            "world": engine.grid.get_data_parallel_world_size(), "rank": int(os.environ["RANK"]),
+            "stages": args.pipeline_stages, "deepspeed": deepspeed.__version__, "dtype": "float32",
+            "gradfix": merged_records(records), "gradfix_by_rank": records}
+
+
+def merged_records(by_rank):
+    """One record per patch for a job whose ranks correct different parts (the stages
+    of a pipeline): the record of the rank that corrected most, with every rank's hits."""
+    if not any(by_rank):
+        return None
+    merged = {}
+    for rank, records in enumerate(by_rank):
+        for patch_id, record in (records or {}).items():
+            if patch_id not in merged or record["hits"] > merged[patch_id][1]["hits"]:
+                merged[patch_id] = (rank, record)
+    result = {}
+    for patch_id, (rank, record) in merged.items():
+        total = sum((records or {}).get(patch_id, {}).get("hits", 0) for records in by_rank)
+        evidence = record["evidence"] + (f" (rank {rank}; {total} on all {len(by_rank)} ranks)"
+                                         if total != record["hits"] else "")
+        result[patch_id] = dict(record, hits=total, evidence=evidence)
+    return result
+
+
 def gradfix_records():
     gradfix = sys.modules.get("gradfix")
     if gradfix is None:
         return None
-    return {s.id: {"state": s.state, "hits": s.hits, "evidence": s.evidence, "reason": s.reason} for s in gradfix.status()}
+    return {s.id: {"state": s.state, "hits": s.hits, "evidence": s.evidence, "reason": s.reason}
+            for s in gradfix.status()}
 
 
 def main(argv=None):
@@ -132,14 +194,20 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--backwards", type=int, default=1, help="backward() calls per optimizer step (GA 1)")
     parser.add_argument("--world", type=int, default=1, help="reference only: data-parallel ranks to average")
+    parser.add_argument("--pipeline-stages", type=int, default=0,
+                        help="deepspeed only: train the model as a PipelineModule of this many stages")
     parser.add_argument("--user-scaled-loss", action="store_true",
                         help="divide the loss by GA here and call engine.backward(loss, scale_wrt_gas=False)")
     args = parser.parse_args(argv)
     with open(args.config) as handle:
         config = json.load(handle)
     torch.backends.cuda.matmul.allow_tf32 = False  # keep GPU runs comparable with the fp32 reference
-    result = (run_deepspeed if args.mode == "deepspeed" else run_reference)(config, args)
-    result["gradfix"] = gradfix_records()
+    if args.mode == "reference":
+        result = run_reference(config, args)
+    else:
+        result = (run_pipeline if args.pipeline_stages else run_deepspeed)(config, args)
+    if "gradfix" not in result:
+        result["gradfix"] = gradfix_records()
     if result.get("rank", 0) == 0:
         print("RESULT " + json.dumps(result), flush=True)
 

@@ -42,11 +42,13 @@ def release_env(release, **extra):
 
 
 @functools.lru_cache(maxsize=None)
-def train(release, patched, config_items, backwards=1, world=1, user_scaled_loss=False):
+def train(release, patched, config_items, backwards=1, world=1, user_scaled_loss=False, stages=0):
     """One worker run; ``release`` None is the plain PyTorch reference. ``config_items``
     is ``tuple(sorted(default_config options))``, hashable for the cache.
     ``user_scaled_loss``: the training loop divides the loss by GA itself and calls
-    ``engine.backward(loss, scale_wrt_gas=False)`` (the reference is the same maths)."""
+    ``engine.backward(loss, scale_wrt_gas=False)`` (the reference is the same maths).
+    ``stages``: a PipelineModule of that many stages, each ``world`` data-parallel
+    replicas (stages x world processes)."""
     config = dsconfig.default_config(**dict(config_items))
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
         json.dump(config, handle)
@@ -56,9 +58,11 @@ def train(release, patched, config_items, backwards=1, world=1, user_scaled_loss
     if release is None:
         argv = [sys.executable, *options, "--mode", "reference", "--world", str(world)]
     else:
-        launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(world),
-                    "--master_port", str(29500 + os.getpid() % 1000 + world)] if world > 1 else [sys.executable]
-        argv = [*launcher, *options, "--mode", "deepspeed"] + (["--user-scaled-loss"] if user_scaled_loss else [])
+        processes = world * max(stages, 1)
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+                    "--master_port", str(29500 + os.getpid() % 1000 + processes)] if processes > 1 else [sys.executable]
+        argv = [*launcher, *options, "--mode", "deepspeed", "--pipeline-stages", str(stages)]
+        argv += ["--user-scaled-loss"] if user_scaled_loss else []
     env = release_env(release, GRADFIX="1" if patched else "0")
     try:
         proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600, cwd=tempfile.gettempdir())

@@ -104,3 +104,17 @@ def test_two_ranks_bf16_zero1_config(tmp_path):
     assert run_line(proc.stdout, "without gradfix").endswith("WRONG")
     assert run_line(proc.stdout, "with gradfix").endswith("matches")
     assert "ds-bf16-zero1-last-microbatch: applied, corrected 3 accumulation boundaries" in proc.stdout
+
+
+@needs("0.18.3")
+def test_pipeline_stages(tmp_path):
+    """--pipeline-stages 2 (ds-pipeline-ga-scale, 0.18.3-0.19.2): the stage before the
+    last is divided by GA twice; verify defaults to ZeRO-1 for a pipeline and says so."""
+    proc = verify("0.18.3", "--pipeline-stages", "2", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "config: ZeRO-1 without offload" in proc.stdout
+    assert "a pipeline of 2 stages (train_batch)" in proc.stdout
+    assert run_line(proc.stdout, "without gradfix").endswith("WRONG")
+    assert run_line(proc.stdout, "with gradfix").endswith("matches")
+    assert "ds-pipeline-ga-scale: applied, corrected 12 micro-batch backward passes" in proc.stdout
+
