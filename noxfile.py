@@ -120,15 +120,21 @@ def clear_interrupted_builds(folder):
         lock.unlink()
 
 
+# The launchers and Ray the coverage tests start (tests/deepspeed_releases/test_launchers.py, test_ray.py).
+LAUNCHERS = ["accelerate", "ray==2.48.0"]
+
+
 @nox.session(python="3.11")
 def deepspeed(session):
-    """Real DeepSpeed releases on CPU: one torch venv, the releases side by side."""
+    """Real DeepSpeed releases on CPU: one torch venv, the releases side by side; also
+    the launchers and Ray clusters that start them. Tests marked with an xdist group
+    (one Ray cluster at a time) stay on one worker."""
     install_cached(session, "torch==2.13.0", group="torch")  # alone first: the local CPU wheel
-    install_cached(session, *TEST_REQUIREMENTS, "pytest-xdist", "wrapt>=2,<3", *DEEPSPEED_DEPENDENCIES)
+    install_cached(session, *TEST_REQUIREMENTS, "pytest-xdist", "wrapt>=2,<3", *DEEPSPEED_DEPENDENCIES, *LAUNCHERS)
     install_gradfix(session)
     releases = install_deepspeed_releases(session, DEEPSPEED_RELEASES)
-    session.run("pytest", "-q", "-n", str(min(os.cpu_count() or 1, 4)), "tests/deepspeed_releases",
-                *session.posargs, env={"GRADFIX_DS_RELEASES": str(releases)})
+    session.run("pytest", "-q", "-n", str(min(os.cpu_count() or 1, 4)), "--dist", "loadgroup",
+                "tests/deepspeed_releases", *session.posargs, env={"GRADFIX_DS_RELEASES": str(releases)})
 
 
 # OpenRLHF release -> (the transformers release it pins, the DeepSpeed release its tests

@@ -9,7 +9,7 @@ import os as _os
 import sys as _sys
 
 from ._version import __version__
-from .engine import GradfixStrictError, UnknownPatchError, activate, deactivate, revert, status
+from .engine import GradfixStrictError, UnknownPatchError, activate, deactivate, is_active, revert, status
 from .registry import PatchStatus, State
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "__version__",
     "activate",
     "deactivate",
+    "is_active",
     "revert",
     "status",
 ]

@@ -77,7 +77,8 @@ def cmd_status(args) -> int:
         table += [[s.id, s.state, s.reason] for s in statuses]
         print(_table(table))
         print("\n(This process only. Inside a training run, gradfix.status() and the line gradfix "
-              "logs at exit say how often each applied patch corrected the buggy path.)")
+              "logs at exit say how often each applied patch corrected the buggy path; GRADFIX_LOG=debug "
+              "makes every rank log its own lines, and gradfix.ray.worker_status() asks Ray workers.)")
     return ATTENTION if any(s.state in (State.UNSUPPORTED, State.FAILED) for s in statuses) else OK
 
 

@@ -35,6 +35,8 @@ REGISTRY = Registry()
 _settings = config.Settings()
 _warned = set()
 _atexit_registered = False
+_active = False
+_ray_hooks_registered = False
 _TROUBLE = (State.UNSUPPORTED, State.FAILED)
 
 
@@ -53,10 +55,36 @@ def _strict_error(statuses) -> GradfixStrictError:
     )
 
 
+def is_active() -> bool:
+    """Whether gradfix is active in this process (activated and not deactivated)."""
+    return _active
+
+
+def _install_ray_support(module) -> None:
+    from . import ray as ray_support  # here: `import gradfix` stays light
+
+    ray_support.install_ray_init(module)
+
+
+def _register_ray_hooks() -> None:
+    """Ray workers start from the cluster, not from this process: once Ray is imported
+    here, ray.init carries the GRADFIX variables to them (gradfix.ray)."""
+    global _ray_hooks_registered
+    if _ray_hooks_registered:
+        return
+    _ray_hooks_registered = True
+    from .ray import RAY_INIT_MODULES
+
+    for name in RAY_INIT_MODULES:
+        hooks.when_imported(name, _install_ray_support)
+
+
 def activate():
     """Evaluate every catalog entry and arm or apply its patch; returns status()."""
-    global _settings, _atexit_registered
+    global _settings, _atexit_registered, _active
     settings = _settings = config.current()
+    _active = True
+    _register_ray_hooks()
     report.configure(settings.log_level)
     for problem in settings.problems:
         _warn_once(problem)
@@ -276,6 +304,8 @@ def revert(patch_id: str) -> bool:
 
 def deactivate():
     """Revert every applied patch and disarm the pending ones."""
+    global _active
+    _active = False
     with REGISTRY.lock:
         for record in REGISTRY.records():
             if record.state == State.APPLIED:

@@ -67,6 +67,13 @@ def process_rank(environ=os.environ) -> int:
     return 0
 
 
+def rank_label(environ=os.environ) -> str:
+    """`` [rank N]`` in a process a launcher started (a rank variable is set), else ''."""
+    if not any(name in environ for name in _RANK_VARIABLES):
+        return ""
+    return f" [rank {process_rank(environ)}]"
+
+
 def _speaks() -> bool:
     """Rank 0 reports; every rank does under GRADFIX_LOG=debug."""
     return _log_level == "debug" or process_rank() == 0
@@ -111,13 +118,13 @@ _ORDER = (
 def summary_line(statuses) -> str:
     statuses = list(statuses)
     if not statuses:
-        return f"gradfix {__version__}: active; the catalog has no patches"
+        return f"gradfix {__version__}{rank_label()}: active; the catalog has no patches"
     parts = []
     for state, label in _ORDER:
         chosen = [_describe(s) for s in statuses if s.state == state]
         if chosen:
             parts.append(f"{label}: {', '.join(chosen)}")
-    return f"gradfix {__version__}: " + "; ".join(parts)
+    return f"gradfix {__version__}{rank_label()}: " + "; ".join(parts)
 
 
 def log_summary(statuses, *, final: bool = False) -> None:

@@ -275,10 +275,20 @@ def test_concurrent_activation_and_import_wrap_once(run_python, reference):
     assert result.value("RESULT") == reference
 
 
-@pytest.mark.parametrize("env,expected", [({"RANK": "1"}, False), ({"RANK": "0"}, True), ({"RANK": "3", "GRADFIX_LOG": "debug"}, True), ({"GRADFIX_LOG": "quiet"}, False)])
-def test_summary_only_on_rank_zero_unless_debug(run_python, env, expected):
+@pytest.mark.parametrize("env,line", [
+    ({"RANK": "1"}, None),
+    ({"RANK": "0"}, f"gradfix {VERSION} [rank 0]: applied"),
+    ({"RANK": "3", "GRADFIX_LOG": "debug"}, f"gradfix {VERSION} [rank 3]: applied"),
+    ({"SLURM_PROCID": "0"}, f"gradfix {VERSION} [rank 0]: applied"),
+    ({}, f"gradfix {VERSION}: applied"),  # no launcher: no rank in the line
+    ({"GRADFIX_LOG": "quiet"}, None),
+])
+def test_summary_only_on_rank_zero_unless_debug(run_python, env, line):
     result = run_python("import gradfix\nimport gftoy.accum\n", env=env)
-    assert (f"gradfix {VERSION}: applied" in result.stderr) is expected
+    if line is None:
+        assert f"gradfix {VERSION}" not in result.stderr
+    else:
+        assert line in result.stderr
 
 
 def test_summary_goes_to_the_applications_logging_once_configured(run_python):

@@ -17,7 +17,8 @@ GA, STEPS = 4, 3
 # last raise on 0.18.3-0.18.4: "Direct calls to tensor.backward() are not supported").
 ZERO1 = config(stage=1, offload="none", ga=GA)
 ZERO0 = config(stage=0, offload="none", ga=GA)
-# Before the bug, both ends of each variant, first fixed, newest.
+# Before the bug; variant 1 in backward() (0.16.0-0.16.4) and in _backward_prologue()
+# (0.16.5-0.18.2); variant 2 both ends; first fixed; newest.
 RELEASES = ["0.15.2", "0.16.4", "0.18.2", "0.18.3", "0.19.2", FIRST_FIXED, "0.19.8"]
 SUMMED = lambda r: (0, 16, 0) <= version(r) < (0, 18, 3)  # noqa: E731
 DIVIDED_TWICE = lambda r: (0, 18, 3) <= version(r) < (0, 19, 3)  # noqa: E731

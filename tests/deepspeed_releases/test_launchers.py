@@ -1,0 +1,95 @@
+"""Every process of a job is covered: real launchers (torchrun, the deepspeed
+launcher, accelerate launch) and multiprocessing start two processes on CPU, each
+imports a buggy DeepSpeed release and reports, from inside, the state of every
+DeepSpeed patch. gradfix is activated only by the environment (GRADFIX=1 exported,
+or `gradfix run --`); the processes never import it themselves."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
+
+from dsrun import release_env, releases
+from gradfix import catalog
+
+RELEASE = "0.18.2"
+PROBE = str(Path(__file__).with_name("launcher_probe.py"))
+pytestmark = pytest.mark.skipif(RELEASE not in releases(), reason=f"needs DeepSpeed {RELEASE}")
+
+
+def expected_applied():
+    """The DeepSpeed patches whose catalog range holds RELEASE."""
+    entries = catalog.load().entries
+    return {e.id for e in entries if e.package == "deepspeed" and Version(RELEASE) in SpecifierSet(e.affected)}
+
+
+def port():
+    return str(31000 + os.getpid() % 2000)
+
+
+def probe(argv, gradfix="1"):
+    env = release_env(RELEASE, **({"GRADFIX": gradfix} if gradfix else {}))
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600, cwd=Path(PROBE).parent)
+    assert proc.returncode == 0, f"{argv}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return [json.loads(line[len("PROBE "):]) for line in proc.stdout.splitlines() if line.startswith("PROBE ")]
+
+
+def assert_patched(lines, count, origin):
+    workers = [line for line in lines if line["origin"] == origin]
+    assert len(workers) == count, lines
+    assert len({line["pid"] for line in workers}) == count
+    applied = expected_applied()
+    assert applied, "the catalog should have DeepSpeed patches for this release"
+    for line in workers:
+        assert line["states"] is not None, f"gradfix is not active in {line}"
+        assert {i for i, state in line["states"].items() if state == "applied"} == applied, line
+
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port"]
+
+
+def test_torchrun_with_gradfix_exported():
+    lines = probe([*TORCHRUN, port(), PROBE])
+    assert_patched(lines, 2, "launcher")
+    assert sorted(line["rank"] for line in lines) == ["0", "1"]
+
+
+def test_gradfix_run_wraps_a_launcher():
+    lines = probe([sys.executable, "-m", "gradfix", "run", "--", *TORCHRUN, port(), PROBE], gradfix=None)
+    assert_patched(lines, 2, "launcher")
+
+
+def test_without_gradfix_nothing_is_active():
+    """The check above can fail: the same launch without GRADFIX leaves gradfix out."""
+    lines = probe([*TORCHRUN, port(), PROBE], gradfix=None)
+    assert len(lines) == 2 and all(line["states"] is None for line in lines)
+
+
+def test_deepspeed_launcher():
+    lines = probe([sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", port(),
+                   PROBE])
+    assert_patched(lines, 2, "launcher")
+    assert sorted(line["rank"] for line in lines) == ["0", "1"]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("accelerate") is None, reason="needs accelerate")
+def test_accelerate_launch():
+    # --multi_gpu selects accelerate's torchrun-based launcher; the probe touches no GPU.
+    # (--cpu would start one process: several CPU processes need MPI there.)
+    lines = probe([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                   "--main_process_port", port(), PROBE])
+    assert_patched(lines, 2, "launcher")
+    assert sorted(line["rank"] for line in lines) == ["0", "1"]
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver", "fork"])
+def test_multiprocessing_children(method):
+    lines = probe([sys.executable, PROBE, "--mp", method])
+    assert_patched(lines, 2, f"{method} child")
