@@ -140,3 +140,7 @@ def test_verify_pipeline_options_are_checked(tmp_path, arguments, message):
                           env=clean_env(), cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr and proc.stdout == ""
+
+
+def test_percent_text_stays_readable():
+    assert compare.percent_text([3.0, 0.284, 0.00005]) == "300% / 28% / <0.01%"

@@ -177,8 +177,8 @@ class Outcome:
         say(f"  {'run':<17}{'update error vs reference':<28}{'grad norm per step':<28}")
         say(f"  {'reference':<17}{'-':<28}{compare.norms_text(reference['grad_norms']):<28}")
         for label, comparison in self.comparisons.items():
-            say(f"  {label:<17}{compare.percent_text(comparison.update_errors):<28}"
-                f"{compare.norms_text(self.results[label]['grad_norms']):<28}"
+            say(f"  {label:<17}{compare.percent_text(comparison.update_errors):<27} "
+                f"{compare.norms_text(self.results[label]['grad_norms']):<27} "
                 f"{'matches' if comparison.correct else 'WRONG'}")
         for line in compare.evidence_text(self.results["with gradfix"].get("gradfix")):
             say(f"  gradfix: {line}")
@@ -187,7 +187,8 @@ class Outcome:
         say(f"(Update error: distance of the parameters from the plain PyTorch fp32 reference after each "
             f"step, relative to the reference's update; matches when every step is within "
             f"{100 * compare.TOLERANCE[self.precision]:g}% for {self.precision}. "
-            + ("One process: data-parallel averaging is not part of this check; --ranks 2 adds it.)" if ranks == 1
+            + ("One data-parallel rank: data-parallel averaging is not part of this check; --ranks 2 adds it.)"
+               if ranks == 1
                else f"The reference averages the {ranks} ranks' micro-batches as data-parallel training does.)"))
 
 

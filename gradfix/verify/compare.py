@@ -36,8 +36,14 @@ class Comparison:
                 "max_param_differences": self.max_param_differences, "tolerance": TOLERANCE[self.precision]}
 
 
+def _percent(error):
+    if error < 1e-4:
+        return "<0.01%"
+    return f"{100 * error:.2g}%" if error < 1 else f"{100 * error:.0f}%"  # 300%, not 3e+02%
+
+
 def percent_text(errors):
-    return " / ".join(f"{100 * e:.2g}%" if e >= 1e-4 else "<0.01%" for e in errors)
+    return " / ".join(_percent(e) for e in errors)
 
 
 def norms_text(norms):
