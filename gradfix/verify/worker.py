@@ -143,9 +143,13 @@ def run_pipeline(config, args):
     engine, _, _, _ = deepspeed.initialize(model=module, optimizer=torch.optim.SGD(module.parameters(), lr=LR),
                                            config=config)
     replica = engine.grid.get_data_parallel_rank()
+    dtype = next(engine.module.parameters()).dtype
+    device = next(engine.module.parameters()).device
     params, norms = [], []
     for step in range(args.steps):
-        engine.train_batch(data_iter=iter([micro_batch(step, micro, replica, size) for micro in range(ga)]))
+        batches = [tuple(t.to(device=device, dtype=dtype) for t in micro_batch(step, micro, replica, size))
+                   for micro in range(ga)]
+        engine.train_batch(data_iter=iter(batches))
         norm = engine.get_global_grad_norm()
         norms.append(float(norm) if norm is not None else None)
         params.append(_stage_parameters(engine))
@@ -155,7 +159,8 @@ def run_pipeline(config, args):
     torch.distributed.destroy_process_group()
     return {"initial": initial, "params": params, "grad_norms": norms,
             "world": engine.grid.get_data_parallel_world_size(), "rank": int(os.environ["RANK"]),
-            "stages": args.pipeline_stages, "deepspeed": deepspeed.__version__, "dtype": "float32",
+            "stages": args.pipeline_stages, "deepspeed": deepspeed.__version__,
+            "dtype": str(dtype).replace("torch.", ""),
             "gradfix": merged_records(records), "gradfix_by_rank": records}
 
 

@@ -63,10 +63,7 @@ def _source(function) -> str:
 
     function = inspect.unwrap(function)
     inner = [cell.cell_contents for cell in getattr(function, "__closure__", None) or ()
-             if inspect.isfunction(cell.cell_contents) and cell.cell_contents.__name__ == function.__name__]
-    if not inner:
-        inner = [cell.cell_contents for cell in getattr(function, "__closure__", None) or ()
-                 if inspect.isfunction(cell.cell_contents)]
+             if inspect.isfunction(cell.cell_contents)]
     return inspect.getsource(inner[0] if len(inner) == 1 else function)
 
 
