@@ -32,6 +32,17 @@ def releases():
     return sorted((p.name[len("ds-"):] for p in folder.glob("ds-*")), key=version) if folder else []
 
 
+def affected_patches(release):
+    """The catalog's DeepSpeed patches whose affected range holds ``release``."""
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import Version
+
+    from gradfix import catalog
+
+    return {e.id for e in catalog.load().entries
+            if e.package == "deepspeed" and Version(release) in SpecifierSet(e.affected)}
+
+
 def release_env(release, **extra):
     """The environment of a run with ``release`` importable (None: no DeepSpeed)."""
     env = clean_env(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", **extra)

@@ -12,11 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from packaging.specifiers import SpecifierSet
-from packaging.version import Version
 
-from dsrun import release_env, releases
-from gradfix import catalog
+from dsrun import affected_patches, release_env, releases
 
 RELEASE = "0.18.2"
 PROBE = str(Path(__file__).with_name("launcher_probe.py"))
@@ -25,8 +22,7 @@ pytestmark = pytest.mark.skipif(RELEASE not in releases(), reason=f"needs DeepSp
 
 def expected_applied():
     """The DeepSpeed patches whose catalog range holds RELEASE."""
-    entries = catalog.load().entries
-    return {e.id for e in entries if e.package == "deepspeed" and Version(RELEASE) in SpecifierSet(e.affected)}
+    return affected_patches(RELEASE)
 
 
 def port():

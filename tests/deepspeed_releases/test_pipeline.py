@@ -54,10 +54,12 @@ def test_two_stages(release):
         assert update_error(unpatched, reference) <= EXACT
 
 
-@pytest.mark.parametrize("release", released(*RELEASES))
+@pytest.mark.parametrize("release", released("0.16.4", "0.18.2", "0.18.3"))
 def test_one_stage(release):
     """One stage is the last stage: 0.16.0-0.18.2 sum the micro-batches there too;
-    from 0.18.3 it is right and the patch must leave it alone."""
+    from 0.18.3 it is right and the patch must leave it alone. (Both sub-variants of
+    0.16.0-0.18.2 and the oldest of 0.18.3-0.19.2: one stage costs CI time and the
+    two-stage test already covers the other releases.)"""
     reference = train(None, False, ZERO0)
     unpatched, patched = train(release, False, ZERO0, stages=1), train(release, True, ZERO0, stages=1)
     record = patched["gradfix"][PATCH]
