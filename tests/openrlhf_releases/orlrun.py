@@ -69,9 +69,10 @@ def relative_gaps(values, expected):
     return [abs(a - b) / abs(b) for a, b in zip(values, expected)]
 
 
-def matches_reference(result, tolerance=2e-3):
+def matches_reference(result, tolerance=5e-3):
     """DeepSpeed's grad norm of every window (bf16 model) against the fp32 plain
-    PyTorch global token mean. bf16 alone gives < 0.1% here; the bug >= 10%."""
+    PyTorch global token mean. bf16 alone gives up to about 0.2% here (OpenRLHF
+    0.11.x on DeepSpeed 0.19.8, no gradfix: 0.205% in one environment); the bug >= 10%."""
     return max(relative_gaps(result["grad_norms"], result["reference"]["grad_norms"])) <= tolerance
 
 
