@@ -24,13 +24,18 @@ def run_line(stdout, label):
     return line
 
 
+def assert_bug_and_fix(proc):
+    """verify ran, found the release wrong without gradfix and right with it."""
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert run_line(proc.stdout, "without gradfix").endswith("WRONG")
+    assert run_line(proc.stdout, "with gradfix").endswith("matches")
+
+
 @needs(BUGGY)
 def test_default_configuration_shows_the_bug_and_the_fix(tmp_path):
     proc = verify(BUGGY, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert_bug_and_fix(proc)
     assert f"DeepSpeed {BUGGY}, ZeRO-2, offload_optimizer=cpu, GA 4" in proc.stdout
-    assert run_line(proc.stdout, "without gradfix").endswith("WRONG")
-    assert run_line(proc.stdout, "with gradfix").endswith("matches")
     assert "ds-zero2-offload-ga: applied, corrected 6 accumulation micro-steps" in proc.stdout
     assert "computes wrong gradients for this configuration; with gradfix they match" in proc.stdout
 
@@ -88,10 +93,8 @@ def test_plain_zero2_config(tmp_path):
     plain = {"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 4, "zero_optimization": {"stage": 2}}
     (tmp_path / "zero2.json").write_text(json.dumps(plain))
     proc = verify(BUGGY, "--ds-config", "zero2.json", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert_bug_and_fix(proc)
     assert "ZeRO-2, offload_optimizer=none, GA 4" in proc.stdout
-    assert run_line(proc.stdout, "without gradfix").endswith("WRONG")
-    assert run_line(proc.stdout, "with gradfix").endswith("matches")
     assert "ds-zero2-epilogue-reset: applied, corrected 9 accumulation micro-steps" in proc.stdout
 
 
@@ -104,11 +107,9 @@ def test_two_ranks_bf16_zero1_config(tmp_path):
                   "data_types": {"grad_accum_dtype": "fp32"}}
     (tmp_path / "bf16_zero1.json").write_text(json.dumps(bf16_zero1))
     proc = verify("0.18.5", "--ds-config", "bf16_zero1.json", "--ranks", "2", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert_bug_and_fix(proc)
     assert "ZeRO-1, offload_optimizer=none, GA 4, micro-batch 2, bf16, grad_accum_dtype fp32" in proc.stdout
     assert "2 data-parallel ranks" in proc.stdout
-    assert run_line(proc.stdout, "without gradfix").endswith("WRONG")
-    assert run_line(proc.stdout, "with gradfix").endswith("matches")
     assert "ds-bf16-zero1-last-microbatch: applied, corrected 3 accumulation boundaries" in proc.stdout
 
 
@@ -117,10 +118,8 @@ def test_pipeline_stages(tmp_path):
     """--pipeline-stages 2 (ds-pipeline-ga-scale, 0.18.3-0.19.2): the stage before the
     last is divided by GA twice; verify defaults to ZeRO-1 for a pipeline and says so."""
     proc = verify("0.18.3", "--pipeline-stages", "2", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert_bug_and_fix(proc)
     assert "config: ZeRO-1 without offload" in proc.stdout
     assert "a pipeline of 2 stages (train_batch)" in proc.stdout
-    assert run_line(proc.stdout, "without gradfix").endswith("WRONG")
-    assert run_line(proc.stdout, "with gradfix").endswith("matches")
     assert "ds-pipeline-ga-scale: applied, corrected 12 micro-batch backward passes" in proc.stdout
 
