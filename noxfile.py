@@ -21,7 +21,7 @@ CACHE = Path(os.environ.get("GRADFIX_CACHE", Path.home() / ".cache" / "gradfix")
 
 nox.options.envdir = str(CACHE / "nox")
 nox.options.reuse_existing_virtualenvs = True
-nox.options.sessions = ["tests", "tests_wrapt1", "tests_oldest_python", "deepspeed", "openrlhf"]
+nox.options.sessions = ["tests", "tests_wrapt1", "tests_oldest_python", "deepspeed", "openrlhf", "transformers"]
 nox.options.error_on_missing_interpreters = False
 
 TEST_REQUIREMENTS = ["pytest>=7", "packaging>=21"]
@@ -177,6 +177,39 @@ def openrlhf(session):
     stacks = {release: deepspeed for release, (_, deepspeed, _) in OPENRLHF_RELEASES.items()}
     session.run("pytest", "-q", "-n", str(min(os.cpu_count() or 1, 2)), "tests/openrlhf_releases",
                 *session.posargs, env={"GRADFIX_OPENRLHF_RELEASES": json.dumps(stacks), "GRADFIX_CACHE": str(CACHE)})
+
+
+# transformers release -> what its folder also needs (the hub, tokenizers and accelerate it
+# was released with). The venv itself holds the newest transformers and accelerate; each
+# folder shadows them on PYTHONPATH. hf-dp-token-average: 4.46.2 (oldest affected), 4.48.3
+# (last before compute_loss_func was scaled), 4.51.3, 4.53.3 (newest affected), 4.54.0
+# (first fixed) and the newest release.
+TRANSFORMERS_RELEASES = {
+    "4.46.2": ["tokenizers==0.20.3", "huggingface-hub==0.26.5", "accelerate==1.1.1"],
+    "4.48.3": ["tokenizers==0.21.0", "huggingface-hub==0.28.1", "accelerate==1.3.0"],
+    "4.51.3": ["tokenizers==0.21.4", "huggingface-hub==0.30.2", "accelerate==1.6.0"],
+    "4.53.3": ["tokenizers==0.21.4", "huggingface-hub==0.34.4", "accelerate==1.9.0"],
+    "4.54.0": ["tokenizers==0.21.4", "huggingface-hub==0.34.4", "accelerate==1.9.0"],
+}
+TRANSFORMERS_NEWEST = ["transformers==5.24.0", "accelerate==1.15.0"]
+TRANSFORMERS_4_NEEDS = ["requests"]  # huggingface-hub < 1.0 imports it; 1.x does not
+
+
+@nox.session(python="3.11")
+def transformers(session):
+    """Real transformers releases: Trainer on CPU with two data-parallel ranks (gloo).
+    One torch venv with the newest release; the others in folders under
+    ~/.cache/gradfix/transformers."""
+    install_cached(session, "torch==2.13.0", group="torch")  # alone first: the local CPU wheel
+    install_cached(session, *TEST_REQUIREMENTS, "pytest-xdist", "wrapt>=2,<3", *TRANSFORMERS_NEWEST,
+                   *TRANSFORMERS_4_NEEDS)
+    install_gradfix(session)
+    for release, stack in TRANSFORMERS_RELEASES.items():
+        install_into_folder(session, CACHE / "transformers" / f"tf-{release}", f"transformers=={release}", *stack)
+    newest = TRANSFORMERS_NEWEST[0].partition("==")[2]
+    releases = {release: str(CACHE / "transformers" / f"tf-{release}") for release in TRANSFORMERS_RELEASES}
+    session.run("pytest", "-q", "-n", str(min(os.cpu_count() or 1, 2)), "tests/transformers_releases",
+                *session.posargs, env={"GRADFIX_TF_RELEASES": json.dumps({**releases, newest: ""})})
 
 
 @nox.session(python="3.11")

@@ -30,6 +30,9 @@ def _name(owner) -> str:
     return getattr(owner, "__qualname__", None) or getattr(owner, "__name__", repr(owner))
 
 
+_INHERITED = object()  # the original of a name that define() added: revert deletes it
+
+
 class _Wrap:
     __slots__ = ("owner", "name", "original", "wrapper")
 
@@ -79,6 +82,15 @@ class Patcher:
                 if name in vars(sub) and sub not in overridden_on_purpose
             ]
 
+    def define(self, owner: type, name: str, value) -> None:
+        """Give ``owner`` its own ``name`` where it only inherits one (e.g. a
+        ``staticmethod`` ``__new__`` that sees a constructor's keyword arguments in
+        every subclass). Reverting deletes it again."""
+        if name in vars(owner):
+            raise PatchError(f"{_name(owner)} already defines {name!r}; wrap it instead")
+        setattr(owner, name, value)
+        self._wraps.append(_Wrap(owner, name, _INHERITED, value))
+
     def hit(self, count: int = 1) -> None:
         """Record that the patched code corrected the buggy path ``count`` times."""
         with self._hit_lock:
@@ -108,7 +120,10 @@ class Patcher:
                 "leaves it in place"
             )
         for w in reversed(self._wraps):
-            setattr(w.owner, w.name, w.original)
+            if w.original is _INHERITED:
+                delattr(w.owner, w.name)
+            else:
+                setattr(w.owner, w.name, w.original)
         self._wraps.clear()
 
 

@@ -1,0 +1,1 @@
+"""Fixes for transformers ``Trainer`` loss normalisation (``transformers.training_args``, ``transformers.trainer``)."""

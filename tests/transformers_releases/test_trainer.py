@@ -1,0 +1,149 @@
+"""hf-dp-token-average and hf-ddp-no-sync-inverted with real transformers releases:
+``Trainer`` on two CPU ranks (torchrun, gloo), four sequences of 1 to 40 target
+tokens, GA 2, one SGD step. The applied update is compared with a plain PyTorch
+global token mean over the whole step (computed in the worker from the same
+initial weights); the first fixed releases (4.54.0 and the newest) match it
+without gradfix.
+"""
+
+import functools
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+from helpers import clean_env
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
+
+WORKER = Path(__file__).resolve().parent / "trainer_worker.py"
+MATCH = 1e-5  # relative update error of a correct run (fp32: about 5e-7 here)
+BUG = 0.1  # a wrong run is off by 23% to 76% on this data
+
+
+def releases():
+    """transformers release -> folder that shadows the venv's ("" for the venv's own)."""
+    return json.loads(os.environ.get("GRADFIX_TF_RELEASES", "{}"))
+
+
+pytestmark = pytest.mark.skipif(not releases(), reason="run through `nox -s transformers` (GRADFIX_TF_RELEASES)")
+
+
+def matrix():
+    return sorted(releases(), key=Version)
+
+
+def affected(release):
+    """The catalog's transformers patches whose affected range holds ``release``."""
+    from gradfix import catalog
+
+    return {e.id for e in catalog.load().entries
+            if e.package == "transformers" and Version(release) in SpecifierSet(e.affected)}
+
+
+@functools.lru_cache(maxsize=None)
+def train(release, patched, *options, ranks=2):
+    """One run of trainer_worker.py under torchrun; its result plus the launcher's output."""
+    env = clean_env(PYTHONPATH=releases()[release] or None, GRADFIX="1" if patched else "0", OMP_NUM_THREADS="1")
+    with tempfile.TemporaryDirectory(prefix=f"tf-{release}-") as workdir:
+        out = Path(workdir) / "result.json"
+        argv = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks),
+                "--master_port", str(29500 + os.getpid() % 1000), str(WORKER), str(out), *options]
+        proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600, cwd=workdir)
+        assert proc.returncode == 0 and out.exists(), f"{argv} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        result = json.loads(out.read_text())
+    assert result["transformers"] == release
+    result["output"] = proc.stdout + proc.stderr
+    return result
+
+
+def states(result, patch_ids):
+    return {pid: result["gradfix"][pid]["state"] for pid in patch_ids}
+
+
+@pytest.mark.parametrize("release", matrix())
+def test_unpatched_release(release):
+    """The test sees the bug: affected releases miss the global token mean, fixed ones match it."""
+    result = train(release, False)
+    if affected(release):
+        assert result["update_error"] > BUG, result
+    else:
+        assert result["update_error"] < MATCH, result
+        assert result["average_tokens_across_devices"] is True
+
+
+@pytest.mark.parametrize("release", matrix())
+def test_gradfix_matches_the_global_token_mean(release):
+    result = train(release, True)
+    assert result["update_error"] < MATCH, result
+    assert result["rank_divergence"] == 0.0, result
+    patches = {e for e in result["gradfix"] if e.startswith("hf-")}
+    assert patches >= {"hf-dp-token-average", "hf-ddp-no-sync-inverted"}
+    expected = affected(release)
+    assert states(result, expected) == {pid: "applied" for pid in expected}, result["gradfix"]
+    assert states(result, patches - expected) == {pid: "not_needed" for pid in patches - expected}
+    if "hf-dp-token-average" in expected:
+        assert result["gradfix"]["hf-dp-token-average"]["hits"] == 1
+        assert "average_tokens_across_devices=True (the default from transformers 4.54.0)" in result["output"]
+    if "hf-ddp-no-sync-inverted" in expected:
+        assert result["gradfix"]["hf-ddp-no-sync-inverted"]["hits"] > 0
+
+
+@pytest.mark.parametrize("release", [r for r in matrix() if not affected(r)])
+def test_fixed_release_left_untouched(release):
+    """Same update with and without gradfix, nothing patched."""
+    unpatched, patched = train(release, False), train(release, True)
+    assert patched["update_error"] == unpatched["update_error"]
+    assert all(state["hits"] == 0 and state["state"] == "not_needed"
+               for pid, state in patched["gradfix"].items() if pid.startswith("hf-"))
+
+
+def test_4_46_2_ranks_drift_without_gradfix():
+    """4.46.2 keeps the last micro-batch of a window local: the ranks end with different weights."""
+    if "4.46.2" not in releases():
+        pytest.skip("4.46.2 is not in the matrix")
+    assert train("4.46.2", False)["rank_divergence"] > 0
+    assert train("4.46.2", True)["rank_divergence"] == 0
+
+
+@pytest.mark.parametrize("release", [r for r in matrix() if "hf-dp-token-average" in affected(r)][-1:])
+def test_explicit_false_is_kept_and_reported(release):
+    unpatched = train(release, False)
+    kept = train(release, True, "--average-tokens", "false")
+    assert kept["average_tokens_across_devices"] is False
+    assert kept["update_error"] == unpatched["update_error"] > BUG
+    assert kept["gradfix"]["hf-dp-token-average"]["hits"] == 0
+    assert "average_tokens_across_devices=False was chosen explicitly and is kept" in kept["output"]
+
+
+@pytest.mark.parametrize("release", [r for r in ("4.48.3", "4.51.3") if r in releases()])
+def test_compute_loss_func_keeps_its_scale(release):
+    """A compute_loss_func with a model that takes no loss keyword arguments: before
+    4.49.0 Trainer does not multiply that loss by the number of ranks, so turning the
+    option on alone would halve the update at two ranks; gradfix multiplies it."""
+    unpatched = train(release, False, "--custom-loss")
+    assert unpatched["model_accepts_loss_kwargs"] is False
+    assert unpatched["update_error"] > BUG
+    patched = train(release, True, "--custom-loss")
+    assert patched["update_error"] < MATCH, patched
+    assert abs(patched["update_scale"] - 1) < MATCH
+
+
+def test_4_48_3_explicit_true_halves_a_custom_loss():
+    """The reason for the multiplication above, shown on the release itself."""
+    if "4.48.3" not in releases():
+        pytest.skip("4.48.3 is not in the matrix")
+    result = train("4.48.3", False, "--custom-loss", "--average-tokens", "true")
+    assert abs(result["update_scale"] - 0.5) < MATCH, result
+
+
+@pytest.mark.parametrize("release", [r for r in matrix() if "hf-dp-token-average" in affected(r)][-1:])
+def test_one_rank_is_left_alone(release):
+    """One process: nothing to average across; the option stays off, as 4.54.0 turns it off."""
+    result = train(release, True, "--accumulation", "4", ranks=1)
+    assert result["update_error"] < MATCH
+    assert result["average_tokens_across_devices"] is False
+    assert result["gradfix"]["hf-dp-token-average"]["hits"] == 0

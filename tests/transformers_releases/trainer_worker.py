@@ -1,0 +1,127 @@
+"""One Trainer run (a worker of ``torchrun``): a tiny Llama built from a config, one
+optimizer step of SGD over four sequences of very different lengths, then rank 0
+writes the applied update next to a plain PyTorch reference (the global token mean
+over the whole step) and this process's gradfix report.
+
+    python -m torch.distributed.run --nproc_per_node 2 trainer_worker.py OUT [--average-tokens true|false] [--custom-loss]
+"""
+
+import argparse
+import copy
+import json
+import sys
+import tempfile
+
+import torch
+
+LEARNING_RATE = 0.5
+PROMPT = 2  # masked prompt tokens at the start of every sequence (the first label is never predicted)
+RESPONSES = (1, 2, 24, 40)  # target tokens per sequence: no split over two ranks balances them
+VOCABULARY = 64
+
+
+def tiny_model():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=VOCABULARY, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64)
+    return LlamaForCausalLM(config).float()
+
+
+def sequences():
+    generator = torch.Generator().manual_seed(1)
+    rows = []
+    for response in RESPONSES:
+        ids = torch.randint(0, VOCABULARY, (PROMPT + response,), generator=generator)
+        labels = ids.clone()
+        labels[:PROMPT] = -100
+        rows.append({"input_ids": ids, "labels": labels, "attention_mask": torch.ones_like(ids)})
+    return rows
+
+
+def token_sum(logits, labels):
+    """Summed cross-entropy of the predicted tokens (labels shifted by one)."""
+    return torch.nn.functional.cross_entropy(logits[..., :-1, :].reshape(-1, logits.shape[-1]).float(),
+                                             labels[..., 1:].reshape(-1), ignore_index=-100, reduction="sum")
+
+
+def reference_update(model, rows):
+    """-lr * gradient of the global token mean over every sequence of the step."""
+    model = copy.deepcopy(model)
+    tokens = sum(int((row["labels"][1:] != -100).sum()) for row in rows)
+    loss = sum(token_sum(model(input_ids=row["input_ids"][None]).logits, row["labels"][None]) for row in rows)
+    (loss / tokens).backward()
+    return [-LEARNING_RATE * p.grad for p in model.parameters()]
+
+
+def _rank_divergence(model):
+    """The largest difference between this rank's weights and any other rank's."""
+    import torch.distributed as dist
+
+    mine = torch.cat([p.detach().flatten() for p in model.parameters()])
+    every = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(every, mine)
+    return max((other - mine).abs().max().item() for other in every)
+
+
+def custom_loss(outputs, labels, num_items_in_batch=None):
+    return token_sum(outputs.logits, labels) / num_items_in_batch
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out")
+    parser.add_argument("--average-tokens", choices=("true", "false"),
+                        help="pass average_tokens_across_devices explicitly (default: leave it out)")
+    parser.add_argument("--custom-loss", action="store_true",
+                        help="a compute_loss_func and a model that takes no loss keyword arguments")
+    parser.add_argument("--accumulation", type=int, default=2, help="gradient_accumulation_steps (x ranks = 4)")
+    options = parser.parse_args()
+
+    import transformers
+    from transformers import Trainer, TrainingArguments
+
+    model, rows = tiny_model(), sequences()
+    before = [p.detach().clone() for p in model.parameters()]
+    reference = reference_update(model, rows)
+    chosen = {}
+    if options.average_tokens is not None:
+        chosen["average_tokens_across_devices"] = options.average_tokens == "true"
+    with tempfile.TemporaryDirectory() as output_dir:
+        args = TrainingArguments(output_dir=output_dir, per_device_train_batch_size=1,
+                                 gradient_accumulation_steps=options.accumulation, max_steps=1, learning_rate=LEARNING_RATE, optim="sgd", lr_scheduler_type="constant",
+                                 max_grad_norm=0.0, weight_decay=0.0, report_to=[], save_strategy="no",
+                                 logging_steps=1, use_cpu=True, seed=0, remove_unused_columns=False, **chosen)
+        extra = {}
+        if options.custom_loss:
+            model.accepts_loss_kwargs = False  # read by Trainer from 4.48.0
+            extra["compute_loss_func"] = custom_loss
+        trainer = Trainer(model=model, args=args, train_dataset=rows, **extra)
+        trainer.train()
+    applied = [p.detach() - b for p, b in zip(model.parameters(), before)]
+    error = torch.sqrt(sum(((a - r) ** 2).sum() for a, r in zip(applied, reference))
+                       / sum((r ** 2).sum() for r in reference)).item()
+    # The applied update as a multiple of the reference (1 when only the scale is right).
+    scale = (sum((a * r).sum() for a, r in zip(applied, reference)) / sum((r ** 2).sum() for r in reference)).item()
+    divergence = _rank_divergence(model) if trainer.args.world_size > 1 else 0.0
+    if trainer.args.process_index == 0:
+        import gradfix
+
+        result = {
+            "transformers": transformers.__version__,
+            "ranks": trainer.args.world_size,
+            "model_accepts_loss_kwargs": trainer.model_accepts_loss_kwargs,
+            "average_tokens_across_devices": trainer.args.average_tokens_across_devices,
+            "update_error": error,
+            "update_scale": scale,
+            "rank_divergence": divergence,
+            "gradfix_active": gradfix.is_active(),
+            "gradfix": {s.id: {"state": str(s.state), "hits": s.hits, "reason": s.reason} for s in gradfix.status()},
+        }
+        with open(options.out, "w") as stream:
+            json.dump(result, stream, indent=1)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
