@@ -3,7 +3,8 @@ optimizer step of SGD over four sequences of very different lengths, then rank 0
 writes the applied update next to a plain PyTorch reference (the global token mean
 over the whole step) and this process's gradfix report.
 
-    python -m torch.distributed.run --nproc_per_node 2 trainer_worker.py OUT [--average-tokens true|false] [--custom-loss]
+    python -m torch.distributed.run --nproc_per_node 2 trainer_worker.py OUT \
+        [--average-tokens true|false] [--custom-loss] [--accumulation N]
 """
 
 import argparse
@@ -90,7 +91,8 @@ def main():
         chosen["average_tokens_across_devices"] = options.average_tokens == "true"
     with tempfile.TemporaryDirectory() as output_dir:
         args = TrainingArguments(output_dir=output_dir, per_device_train_batch_size=1,
-                                 gradient_accumulation_steps=options.accumulation, max_steps=1, learning_rate=LEARNING_RATE, optim="sgd", lr_scheduler_type="constant",
+                                 gradient_accumulation_steps=options.accumulation, max_steps=1,
+                                 learning_rate=LEARNING_RATE, optim="sgd", lr_scheduler_type="constant",
                                  max_grad_norm=0.0, weight_decay=0.0, report_to=[], save_strategy="no",
                                  logging_steps=1, use_cpu=True, seed=0, remove_unused_columns=False, **chosen)
         extra = {}
