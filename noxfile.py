@@ -192,6 +192,7 @@ TRANSFORMERS_RELEASES = {
     "4.54.0": ["tokenizers==0.21.4", "huggingface-hub==0.34.4", "accelerate==1.9.0"],
 }
 TRANSFORMERS_NEWEST = ["transformers==5.24.0", "accelerate==1.15.0"]
+TRANSFORMERS_DEEPSPEED = ["0.16.4"]  # the Trainer's DeepSpeed path (none of the DeepSpeed bugs in its configs)
 TRANSFORMERS_4_NEEDS = ["requests"]  # huggingface-hub < 1.0 imports it; 1.x does not
 
 
@@ -202,14 +203,16 @@ def transformers(session):
     ~/.cache/gradfix/transformers."""
     install_cached(session, "torch==2.13.0", group="torch")  # alone first: the local CPU wheel
     install_cached(session, *TEST_REQUIREMENTS, "pytest-xdist", "wrapt>=2,<3", *TRANSFORMERS_NEWEST,
-                   *TRANSFORMERS_4_NEEDS)
+                   *TRANSFORMERS_4_NEEDS, *DEEPSPEED_DEPENDENCIES)
     install_gradfix(session)
+    install_deepspeed_releases(session, TRANSFORMERS_DEEPSPEED)
     for release, stack in TRANSFORMERS_RELEASES.items():
         install_into_folder(session, CACHE / "transformers" / f"tf-{release}", f"transformers=={release}", *stack)
     newest = TRANSFORMERS_NEWEST[0].partition("==")[2]
     releases = {release: str(CACHE / "transformers" / f"tf-{release}") for release in TRANSFORMERS_RELEASES}
     session.run("pytest", "-q", "-n", str(min(os.cpu_count() or 1, 2)), "tests/transformers_releases",
-                *session.posargs, env={"GRADFIX_TF_RELEASES": json.dumps({**releases, newest: ""})})
+                *session.posargs, env={"GRADFIX_TF_RELEASES": json.dumps({**releases, newest: ""}),
+                                       "GRADFIX_CACHE": str(CACHE)})
 
 
 @nox.session(python="3.11")

@@ -6,62 +6,10 @@ initial weights); the first fixed releases (4.54.0 and the newest) match it
 without gradfix.
 """
 
-import functools
-import json
-import os
-import subprocess
-import sys
-import tempfile
-from pathlib import Path
-
 import pytest
-from helpers import clean_env
-from packaging.specifiers import SpecifierSet
-from packaging.version import Version
+from tfrun import BUG, MATCH, NOT_CONFIGURED, affected, matrix, releases, states, train
 
-WORKER = Path(__file__).resolve().parent / "trainer_worker.py"
-MATCH = 1e-5  # relative update error of a correct run (fp32: about 5e-7 here)
-BUG = 0.1  # a wrong run is off by 23% to 76% on this data
-
-
-def releases():
-    """transformers release -> folder that shadows the venv's ("" for the venv's own)."""
-    return json.loads(os.environ.get("GRADFIX_TF_RELEASES", "{}"))
-
-
-pytestmark = pytest.mark.skipif(not releases(), reason="run through `nox -s transformers` (GRADFIX_TF_RELEASES)")
-
-
-def matrix():
-    return sorted(releases(), key=Version)
-
-
-def affected(release):
-    """The catalog's transformers patches whose affected range holds ``release``."""
-    from gradfix import catalog
-
-    return {e.id for e in catalog.load().entries
-            if e.package == "transformers" and Version(release) in SpecifierSet(e.affected)}
-
-
-@functools.lru_cache(maxsize=None)
-def train(release, patched, *options, ranks=2):
-    """One run of trainer_worker.py under torchrun; its result plus the launcher's output."""
-    env = clean_env(PYTHONPATH=releases()[release] or None, GRADFIX="1" if patched else "0", OMP_NUM_THREADS="1")
-    with tempfile.TemporaryDirectory(prefix=f"tf-{release}-") as workdir:
-        out = Path(workdir) / "result.json"
-        argv = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks),
-                "--master_port", str(29500 + os.getpid() % 1000), str(WORKER), str(out), *options]
-        proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600, cwd=workdir)
-        assert proc.returncode == 0 and out.exists(), f"{argv} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-        result = json.loads(out.read_text())
-    assert result["transformers"] == release
-    result["output"] = proc.stdout + proc.stderr
-    return result
-
-
-def states(result, patch_ids):
-    return {pid: result["gradfix"][pid]["state"] for pid in patch_ids}
+pytestmark = pytest.mark.skipif(not releases(), reason=NOT_CONFIGURED)
 
 
 @pytest.mark.parametrize("release", matrix())

@@ -47,13 +47,29 @@ def token_sum(logits, labels):
                                              labels[..., 1:].reshape(-1), ignore_index=-100, reduction="sum")
 
 
-def reference_update(model, rows):
-    """-lr * gradient of the global token mean over every sequence of the step."""
+def reference_update(model, rows, per_sequence=False):
+    """-lr * gradient of the global token mean over every sequence of the step (or,
+    ``per_sequence``, of the mean of per-sequence token means: what Trainer computes
+    for a model that takes no loss keyword arguments, one sequence per micro-batch)."""
     model = copy.deepcopy(model)
-    tokens = sum(int((row["labels"][1:] != -100).sum()) for row in rows)
-    loss = sum(token_sum(model(input_ids=row["input_ids"][None]).logits, row["labels"][None]) for row in rows)
-    (loss / tokens).backward()
+    counts = [int((row["labels"][1:] != -100).sum()) for row in rows]
+    sums = [token_sum(model(input_ids=row["input_ids"][None]).logits, row["labels"][None]) for row in rows]
+    if per_sequence:
+        loss = sum(total / count for total, count in zip(sums, counts)) / len(rows)
+    else:
+        loss = sum(sums) / sum(counts)
+    loss.backward()
     return [-LEARNING_RATE * p.grad for p in model.parameters()]
+
+
+def deepspeed_config(stage, offload):
+    """fp32, the Trainer's own SGD (no DeepSpeedCPUAdam swap), sizes from the Trainer."""
+    zero = {"stage": stage}
+    if offload:
+        zero["offload_optimizer"] = {"device": "cpu"}
+    return {"train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
+            "train_batch_size": "auto", "gradient_clipping": "auto", "zero_optimization": zero,
+            "zero_force_ds_cpu_optimizer": False, "bf16": {"enabled": False}, "fp16": {"enabled": False}}
 
 
 def _rank_divergence(model):
@@ -77,7 +93,11 @@ def main():
                         help="pass average_tokens_across_devices explicitly (default: leave it out)")
     parser.add_argument("--custom-loss", action="store_true",
                         help="a compute_loss_func and a model that takes no loss keyword arguments")
+    parser.add_argument("--micro-batch-mean", action="store_true",
+                        help="a model that takes no loss keyword arguments (its loss is a micro-batch mean)")
     parser.add_argument("--accumulation", type=int, default=2, help="gradient_accumulation_steps (x ranks = 4)")
+    parser.add_argument("--zero-stage", type=int, help="run through DeepSpeed with this ZeRO stage (fp32)")
+    parser.add_argument("--offload", action="store_true", help="with --zero-stage: offload the optimizer to the CPU")
     options = parser.parse_args()
 
     import transformers
@@ -85,19 +105,22 @@ def main():
 
     model, rows = tiny_model(), sequences()
     before = [p.detach().clone() for p in model.parameters()]
-    reference = reference_update(model, rows)
+    reference = reference_update(model, rows, per_sequence=options.micro_batch_mean)
     chosen = {}
     if options.average_tokens is not None:
         chosen["average_tokens_across_devices"] = options.average_tokens == "true"
     with tempfile.TemporaryDirectory() as output_dir:
+        if options.zero_stage is not None:
+            chosen["deepspeed"] = deepspeed_config(options.zero_stage, options.offload)
         args = TrainingArguments(output_dir=output_dir, per_device_train_batch_size=1,
                                  gradient_accumulation_steps=options.accumulation, max_steps=1,
                                  learning_rate=LEARNING_RATE, optim="sgd", lr_scheduler_type="constant",
                                  max_grad_norm=0.0, weight_decay=0.0, report_to=[], save_strategy="no",
                                  logging_steps=1, use_cpu=True, seed=0, remove_unused_columns=False, **chosen)
         extra = {}
-        if options.custom_loss:
+        if options.custom_loss or options.micro_batch_mean:
             model.accepts_loss_kwargs = False  # read by Trainer from 4.48.0
+        if options.custom_loss:
             extra["compute_loss_func"] = custom_loss
         trainer = Trainer(model=model, args=args, train_dataset=rows, **extra)
         trainer.train()
