@@ -191,8 +191,10 @@ TRANSFORMERS_RELEASES = {
     "4.53.3": ["tokenizers==0.21.4", "huggingface-hub==0.34.4", "accelerate==1.9.0"],
     "4.54.0": ["tokenizers==0.21.4", "huggingface-hub==0.34.4", "accelerate==1.9.0"],
 }
-TRANSFORMERS_NEWEST = ["transformers==5.24.0", "accelerate==1.15.0"]
-TRANSFORMERS_DEEPSPEED = ["0.16.4"]  # the Trainer's DeepSpeed path (none of the DeepSpeed bugs in its configs)
+TRANSFORMERS_NEWEST = ["transformers==5.24.0", "accelerate==1.15.0", "trl==1.16.0"]
+# DeepSpeed for the Trainer's DeepSpeed path: 0.16.4 has none of the DeepSpeed bugs in those
+# configurations; 0.18.2 has ds-zero2-offload-ga (TRL SFT + ZeRO-2 offload end to end).
+TRANSFORMERS_DEEPSPEED = ["0.16.4", "0.18.2"]
 TRANSFORMERS_4_NEEDS = ["requests"]  # huggingface-hub < 1.0 imports it; 1.x does not
 
 

@@ -323,8 +323,6 @@ def _at_exit() -> None:
     try:
         statuses = REGISTRY.snapshot()
         report.log_summary(statuses, final=True)
-        for s in statuses:
-            if s.state == State.APPLIED:  # the runtime evidence: did the fix matter here?
-                report.info(f"gradfix: {s.id} applied, {s.evidence}")
+        report.log_evidence(statuses)
     except Exception:
         pass

@@ -135,3 +135,16 @@ def log_summary(statuses, *, final: bool = False) -> None:
     _summary_logged = True
     troubled = any(s.state in (State.UNSUPPORTED, State.FAILED) for s in statuses)
     (warning if troubled else info)(summary_line(statuses))
+
+
+def log_evidence(statuses) -> None:
+    """At exit, the runtime evidence: did each applied fix matter in this process? A
+    process that reached none of several applied fixes (a launcher, a data worker)
+    says so in one line instead of one per fix."""
+    applied = [s for s in statuses if s.state == State.APPLIED]
+    if len(applied) > 1 and not any(s.hits for s in applied) and not rank_label():
+        info(f"gradfix: applied, never reached in this process (pid {os.getpid()}; normal for a launcher or "
+             f"any process that does not train): {', '.join(s.id for s in applied)}")
+        return
+    for s in applied:
+        info(f"gradfix{rank_label()}: {s.id} applied, {s.evidence}")

@@ -26,6 +26,13 @@ def tokenizer():
                                    pad_token="t0", eos_token="t1")
 
 
+def innermost(optimizer):
+    """The optimizer that updates the weights, under accelerate's and DeepSpeed's wrappers."""
+    while hasattr(optimizer, "optimizer"):
+        optimizer = optimizer.optimizer
+    return type(optimizer).__name__
+
+
 def main(out, accumulation=4):
     import deepspeed
     import trl
@@ -54,8 +61,7 @@ def main(out, accumulation=4):
             json.dump({
                 "trl": trl.__version__, "deepspeed": deepspeed.__version__,
                 "deepspeed_enabled": trainer.is_deepspeed_enabled,
-                "optimizer": type(trainer.optimizer.optimizer if hasattr(trainer.optimizer, "optimizer")
-                                  else trainer.optimizer).__name__,
+                "optimizer": innermost(trainer.optimizer),
                 "update_error": error,
                 "gradfix": {s.id: {"state": str(s.state), "hits": s.hits} for s in gradfix.status()},
             }, stream, indent=1)
