@@ -195,14 +195,24 @@ TRANSFORMERS_NEWEST = ["transformers==5.24.0", "accelerate==1.15.0", "trl==1.16.
 # DeepSpeed for the Trainer's DeepSpeed path: 0.16.4 has none of the DeepSpeed bugs in those
 # configurations; 0.18.2 has ds-zero2-offload-ga (TRL SFT + ZeRO-2 offload end to end).
 TRANSFORMERS_DEEPSPEED = ["0.16.4", "0.18.2"]
-TRANSFORMERS_4_NEEDS = ["requests"]  # huggingface-hub < 1.0 imports it; 1.x does not
+TRANSFORMERS_4_NEEDS = ["requests", "httpx"]  # huggingface-hub < 1.0 and datasets 4 import them
+# TRL release -> what its folder also needs. GRPO: 0.22.2 (oldest affected by both GRPO
+# patches; it needs transformers 4), 1.8.0, 1.9.0 (window bug only), 1.9.1 (first fixed)
+# and the venv's newest.
+TRL_RELEASES = {
+    "0.22.2": ["transformers==4.57.6", "huggingface-hub==0.36.0", "tokenizers==0.22.1", "datasets==4.3.0"],
+    "1.8.0": [],
+    "1.9.0": [],
+    "1.9.1": [],
+}
 
 
 @nox.session(python="3.11")
 def transformers(session):
-    """Real transformers releases: Trainer on CPU with two data-parallel ranks (gloo).
-    One torch venv with the newest release; the others in folders under
-    ~/.cache/gradfix/transformers."""
+    """Real transformers and TRL releases: Trainer on CPU with two data-parallel ranks
+    (gloo) and through DeepSpeed, TRL's SFTTrainer and GRPOTrainer. One torch venv with
+    the newest releases; the others in folders under ~/.cache/gradfix/transformers and
+    ~/.cache/gradfix/trl."""
     install_cached(session, "torch==2.13.0", group="torch")  # alone first: the local CPU wheel
     install_cached(session, *TEST_REQUIREMENTS, "pytest-xdist", "wrapt>=2,<3", *TRANSFORMERS_NEWEST,
                    *TRANSFORMERS_4_NEEDS, *DEEPSPEED_DEPENDENCIES)
@@ -210,11 +220,16 @@ def transformers(session):
     install_deepspeed_releases(session, TRANSFORMERS_DEEPSPEED)
     for release, stack in TRANSFORMERS_RELEASES.items():
         install_into_folder(session, CACHE / "transformers" / f"tf-{release}", f"transformers=={release}", *stack)
-    newest = TRANSFORMERS_NEWEST[0].partition("==")[2]
-    releases = {release: str(CACHE / "transformers" / f"tf-{release}") for release in TRANSFORMERS_RELEASES}
+    for release, stack in TRL_RELEASES.items():
+        install_into_folder(session, CACHE / "trl" / f"trl-{release}", f"trl=={release}", *stack)
+    newest = dict(pin.split("==") for pin in TRANSFORMERS_NEWEST)
+    transformers_releases = {r: str(CACHE / "transformers" / f"tf-{r}") for r in TRANSFORMERS_RELEASES}
+    trl_releases = {release: str(CACHE / "trl" / f"trl-{release}") for release in TRL_RELEASES}
     session.run("pytest", "-q", "-n", str(min(os.cpu_count() or 1, 2)), "tests/transformers_releases",
-                *session.posargs, env={"GRADFIX_TF_RELEASES": json.dumps({**releases, newest: ""}),
-                                       "GRADFIX_CACHE": str(CACHE)})
+                *session.posargs, env={
+                    "GRADFIX_TF_RELEASES": json.dumps({**transformers_releases, newest["transformers"]: ""}),
+                    "GRADFIX_TRL_RELEASES": json.dumps({**trl_releases, newest["trl"]: ""}),
+                    "GRADFIX_CACHE": str(CACHE)})
 
 
 @nox.session(python="3.11")

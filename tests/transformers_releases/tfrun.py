@@ -32,12 +32,12 @@ def matrix():
     return sorted(releases(), key=Version)
 
 
-def affected(release):
-    """The catalog's transformers patches whose affected range holds ``release``."""
+def affected(release, package="transformers"):
+    """The catalog's ``package`` patches whose affected range holds ``release``."""
     from gradfix import catalog
 
     return {e.id for e in catalog.load().entries
-            if e.package == "transformers" and Version(release) in SpecifierSet(e.affected)}
+            if e.package == package and Version(release) in SpecifierSet(e.affected)}
 
 
 def deepspeed_folder(release):
@@ -63,16 +63,23 @@ def train(release, patched, *options, ranks=2, deepspeed=None):
         code, builds = deepspeed_folder(deepspeed)
         folders.append(str(code))
         extra = {"DS_ACCELERATOR": "cpu", "TORCH_EXTENSIONS_DIR": str(builds)}
-    env = clean_env(PYTHONPATH=os.pathsep.join(f for f in folders if f) or None, GRADFIX="1" if patched else "0",
-                    OMP_NUM_THREADS="1", **extra)
-    with tempfile.TemporaryDirectory(prefix=f"tf-{release}-") as workdir:
+    result = run_worker(WORKER, folders, patched, options, ranks=ranks, **extra)
+    assert result["transformers"] == release
+    return result
+
+
+def run_worker(worker, folders, patched, options, ranks=1, **environment):
+    """Run ``worker OUT *options`` under torchrun with ``folders`` first on the path;
+    its JSON result with the launcher's output under "output"."""
+    env = clean_env(PYTHONPATH=os.pathsep.join(str(f) for f in folders if f) or None,
+                    GRADFIX="1" if patched else "0", OMP_NUM_THREADS="1", **environment)
+    with tempfile.TemporaryDirectory(prefix="gradfix-worker-") as workdir:
         out = Path(workdir) / "result.json"
         argv = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks),
-                "--master_port", str(free_port()), str(WORKER), str(out), *options]
+                "--master_port", str(free_port()), str(worker), str(out), *options]
         proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600, cwd=workdir)
         assert proc.returncode == 0 and out.exists(), f"{argv} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
         result = json.loads(out.read_text())
-    assert result["transformers"] == release
     result["output"] = proc.stdout + proc.stderr
     return result
 

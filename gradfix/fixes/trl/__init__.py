@@ -1,0 +1,1 @@
+"""Fixes for TRL trainers (``trl.trainer``)."""

@@ -1,0 +1,82 @@
+"""trl-grpo-window-normaliser and trl-grpo-truncated-denominator with real TRL releases:
+GRPOTrainer's own generation, scoring and training step on CPU (grpo_worker.py), loss
+dapo, one optimizer step of SGD. The applied update is compared with a plain PyTorch
+reference computed from the generation batch the step trained on, normalised as the
+fixed TRL (1.9.1) normalises; the fixed releases match it without gradfix. Every
+release here generates the same completions (same seed, same sampling code), so the
+runs differ only in their normalisation.
+"""
+
+import functools
+import json
+import os
+from pathlib import Path
+
+import pytest
+from tfrun import BUG, MATCH, affected, run_worker, states
+
+WORKER = Path(__file__).resolve().parent / "grpo_worker.py"
+WINDOW, TRUNCATED = "trl-grpo-window-normaliser", "trl-grpo-truncated-denominator"
+SPLIT = ("--steps-per-generation", "4", "--accumulation", "2")  # the generation batch spans two windows
+
+
+def releases():
+    """TRL release -> folder that shadows the venv's ("" for the venv's own)."""
+    return json.loads(os.environ.get("GRADFIX_TRL_RELEASES", "{}"))
+
+
+pytestmark = pytest.mark.skipif(not releases(), reason="run through `nox -s transformers` (GRADFIX_TRL_RELEASES)")
+
+
+def matrix(patch=None):
+    from packaging.version import Version
+
+    chosen = [r for r in releases() if patch is None or patch in affected(r, "trl")]
+    return sorted(chosen, key=Version)
+
+
+@functools.lru_cache(maxsize=None)
+def grpo(release, patched, *options):
+    result = run_worker(WORKER, [releases()[release]], patched, options)
+    assert result["trl"] == release
+    return result
+
+
+@pytest.mark.parametrize("release", matrix())
+def test_window_normaliser(release):
+    unpatched, patched = grpo(release, False, *SPLIT), grpo(release, True, *SPLIT)
+    if WINDOW in affected(release, "trl"):
+        assert abs(unpatched["update_scale"] - 0.5) < MATCH, unpatched  # GA / steps_per_generation
+        assert patched["gradfix"][WINDOW] == {"state": "applied", "hits": 2}  # both micro-batches of the window
+    else:
+        assert unpatched["update_error"] < MATCH, unpatched
+        assert patched["update_error"] == unpatched["update_error"]
+    assert patched["update_error"] < MATCH, patched
+    patches = {WINDOW, TRUNCATED}
+    expected = affected(release, "trl")
+    assert states(patched, patches & expected) == {pid: "applied" for pid in patches & expected}
+    assert states(patched, patches - expected) == {pid: "not_needed" for pid in patches - expected}
+
+
+@pytest.mark.parametrize("release", matrix(TRUNCATED) + matrix()[-1:])
+def test_truncated_completions_leave_the_denominator(release):
+    options = (*SPLIT, "--mask-truncated")
+    unpatched, patched = grpo(release, False, *options), grpo(release, True, *options)
+    assert patched["truncated"] > 0, patched  # some completions hit max_completion_length and were masked
+    assert patched["update_error"] < MATCH, patched
+    if TRUNCATED in affected(release, "trl"):
+        assert unpatched["update_error"] > BUG, unpatched
+        assert patched["gradfix"][TRUNCATED] == {"state": "applied", "hits": 1}  # one generation batch
+        assert patched["num_items_in_batch"][0] < unpatched["num_items_in_batch"][0]
+    else:
+        assert unpatched["update_error"] == patched["update_error"]
+
+
+@pytest.mark.parametrize("release", matrix(WINDOW)[:1])
+def test_one_window_per_generation_is_left_alone(release):
+    """steps_per_generation == gradient_accumulation_steps: the count already spans one window."""
+    options = ("--steps-per-generation", "2", "--accumulation", "2")
+    unpatched, patched = grpo(release, False, *options), grpo(release, True, *options)
+    assert unpatched["update_error"] < MATCH
+    assert patched["update"] == unpatched["update"]
+    assert patched["gradfix"][WINDOW] == {"state": "applied", "hits": 0}
