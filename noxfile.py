@@ -10,6 +10,7 @@ own requirements.
 import hashlib
 import json
 import os
+import shutil
 import sys
 from glob import glob
 from pathlib import Path
@@ -92,12 +93,19 @@ DEEPSPEED_DEPENDENCIES = ["hjson", "msgpack", "ninja", "numpy", "psutil", "py-cp
 
 def install_into_folder(session, folder, *requirements, env=None):
     """pip install ``requirements`` (no dependencies) into ``folder`` once: a folder
-    is complete only after the install finished, so an interrupted one is redone."""
+    is complete only after the install finished, so an interrupted one is redone, and
+    it records its requirements, so a folder whose list changed is rebuilt."""
+    stamp = folder / ".gradfix-requirements"
+    wanted = "\n".join(requirements)
     if folder.is_dir():
-        return
+        if stamp.exists() and stamp.read_text() == wanted:
+            return
+        shutil.rmtree(folder)
     partial = folder.with_name("partial-" + folder.name)
+    shutil.rmtree(partial, ignore_errors=True)
     session.run_install("python", "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--upgrade",
                         "--target", str(partial), *requirements, env=env or {})
+    (partial / stamp.name).write_text(wanted)
     partial.rename(folder)
 
 
@@ -191,6 +199,9 @@ TRANSFORMERS_RELEASES = {
     "4.53.3": ["tokenizers==0.21.4", "huggingface-hub==0.34.4", "accelerate==1.9.0"],
     "4.54.0": ["tokenizers==0.21.4", "huggingface-hub==0.34.4", "accelerate==1.9.0"],
 }
+# transformers.trainer imports datasets when it is installed; the venv's (for the newest
+# TRL) needs a newer huggingface-hub than these folders hold, so each carries its own.
+DATASETS_FOR_HUB_0 = "datasets==4.3.0"
 TRANSFORMERS_NEWEST = ["transformers==5.24.0", "accelerate==1.15.0", "trl==1.16.0"]
 # DeepSpeed for the Trainer's DeepSpeed path: 0.16.4 has none of the DeepSpeed bugs in those
 # configurations; 0.18.2 has ds-zero2-offload-ga (TRL SFT + ZeRO-2 offload end to end).
@@ -200,7 +211,7 @@ TRANSFORMERS_4_NEEDS = ["requests", "httpx"]  # huggingface-hub < 1.0 and datase
 # patches; it needs transformers 4), 1.8.0, 1.9.0 (window bug only), 1.9.1 (first fixed)
 # and the venv's newest.
 TRL_RELEASES = {
-    "0.22.2": ["transformers==4.57.6", "huggingface-hub==0.36.0", "tokenizers==0.22.1", "datasets==4.3.0"],
+    "0.22.2": ["transformers==4.57.6", "huggingface-hub==0.36.0", "tokenizers==0.22.1", DATASETS_FOR_HUB_0],
     "1.8.0": [],
     "1.9.0": [],
     "1.9.1": [],
@@ -219,7 +230,8 @@ def transformers(session):
     install_gradfix(session)
     install_deepspeed_releases(session, TRANSFORMERS_DEEPSPEED)
     for release, stack in TRANSFORMERS_RELEASES.items():
-        install_into_folder(session, CACHE / "transformers" / f"tf-{release}", f"transformers=={release}", *stack)
+        install_into_folder(session, CACHE / "transformers" / f"tf-{release}", f"transformers=={release}", *stack,
+                            DATASETS_FOR_HUB_0)
     for release, stack in TRL_RELEASES.items():
         install_into_folder(session, CACHE / "trl" / f"trl-{release}", f"trl=={release}", *stack)
     newest = dict(pin.split("==") for pin in TRANSFORMERS_NEWEST)

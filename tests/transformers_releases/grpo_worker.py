@@ -14,11 +14,10 @@ steps_per_generation. And this process's gradfix report.
 import argparse
 import copy
 import json
-import sys
 import tempfile
 
 import torch
-from trainer_worker import LEARNING_RATE, VOCABULARY, tiny_model
+from trainer_worker import LEARNING_RATE, VOCABULARY, shut_down, tiny_model
 
 
 def tokenizer():
@@ -127,4 +126,5 @@ def main():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
+    shut_down()

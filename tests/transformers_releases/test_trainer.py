@@ -29,7 +29,7 @@ def test_gradfix_matches_the_global_token_mean(release):
     assert result["update_error"] < MATCH, result
     assert result["rank_divergence"] == 0.0, result
     patches = {e for e in result["gradfix"] if e.startswith("hf-")}
-    assert patches >= {"hf-dp-token-average", "hf-ddp-no-sync-inverted"}
+    assert patches >= {"hf-dp-token-average", "hf-ddp-no-sync-inverted", "hf-mean-loss-not-divided"}
     expected = affected(release)
     assert states(result, expected) == {pid: "applied" for pid in expected}, result["gradfix"]
     assert states(result, patches - expected) == {pid: "not_needed" for pid in patches - expected}
@@ -95,3 +95,21 @@ def test_one_rank_is_left_alone(release):
     assert result["update_error"] < MATCH
     assert result["average_tokens_across_devices"] is False
     assert result["gradfix"]["hf-dp-token-average"]["hits"] == 0
+
+
+MEAN_LOSS = ("--architecture", "gpt2", "--micro-batch-mean", "--accumulation", "4")  # one rank, GA 4
+
+
+@pytest.mark.parametrize("release", [r for r in ("4.46.2", "4.48.3") if r in releases()])
+def test_micro_batch_mean_loss_is_divided_by_ga(release):
+    """GPT-2's forward takes no loss keyword arguments before 4.48: its loss is a micro-batch
+    mean, which 4.46.2-4.47.x hand to backward undivided (the update GA times too large)."""
+    unpatched, patched = train(release, False, *MEAN_LOSS, ranks=1), train(release, True, *MEAN_LOSS, ranks=1)
+    assert unpatched["model_accepts_loss_kwargs"] is False
+    assert patched["update_error"] < MATCH, patched
+    if "hf-mean-loss-not-divided" in affected(release):
+        assert abs(unpatched["update_scale"] - 4) < MATCH, unpatched
+        assert patched["gradfix"]["hf-mean-loss-not-divided"]["hits"] == 4
+    else:
+        assert unpatched["update_error"] == patched["update_error"]
+        assert patched["gradfix"]["hf-mean-loss-not-divided"]["state"] == "not_needed"

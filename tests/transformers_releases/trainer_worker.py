@@ -10,7 +10,6 @@ over the whole step) and this process's gradfix report.
 import argparse
 import copy
 import json
-import sys
 import tempfile
 
 import torch
@@ -21,10 +20,16 @@ RESPONSES = (1, 2, 24, 40)  # target tokens per sequence: no split over two rank
 VOCABULARY = 64
 
 
-def tiny_model():
-    from transformers import LlamaConfig, LlamaForCausalLM
+def tiny_model(architecture="llama"):
+    """A tiny causal LM built from a config. GPT-2's forward takes no loss keyword
+    arguments before transformers 4.48 (Trainer then gets a micro-batch mean loss)."""
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
+    if architecture == "gpt2":
+        config = GPT2Config(vocab_size=VOCABULARY, n_embd=16, n_layer=1, n_head=2, n_positions=64,
+                            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+        return GPT2LMHeadModel(config).float()
     config = LlamaConfig(vocab_size=VOCABULARY, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                          num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64)
     return LlamaForCausalLM(config).float()
@@ -95,6 +100,7 @@ def main():
                         help="a compute_loss_func and a model that takes no loss keyword arguments")
     parser.add_argument("--micro-batch-mean", action="store_true",
                         help="a model that takes no loss keyword arguments (its loss is a micro-batch mean)")
+    parser.add_argument("--architecture", choices=("llama", "gpt2"), default="llama")
     parser.add_argument("--accumulation", type=int, default=2, help="gradient_accumulation_steps (x ranks = 4)")
     parser.add_argument("--zero-stage", type=int, help="run through DeepSpeed with this ZeRO stage (fp32)")
     parser.add_argument("--offload", action="store_true", help="with --zero-stage: offload the optimizer to the CPU")
@@ -103,7 +109,7 @@ def main():
     import transformers
     from transformers import Trainer, TrainingArguments
 
-    model, rows = tiny_model(), sequences()
+    model, rows = tiny_model(options.architecture), sequences()
     before = [p.detach().clone() for p in model.parameters()]
     reference = reference_update(model, rows, per_sequence=options.micro_batch_mean)
     chosen = {}
@@ -148,5 +154,16 @@ def main():
             json.dump(result, stream, indent=1)
 
 
+def shut_down():
+    """Leave the process group before exiting: a gloo group still alive at exit can
+    abort the process ("terminate called without an active exception")."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
+    shut_down()

@@ -12,7 +12,7 @@ import sys
 import tempfile
 
 import torch
-from trainer_worker import LEARNING_RATE, VOCABULARY, reference_update, sequences, tiny_model
+from trainer_worker import LEARNING_RATE, VOCABULARY, reference_update, sequences, shut_down, tiny_model
 
 
 def tokenizer():
@@ -68,4 +68,5 @@ def main(out, accumulation=4):
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    main(sys.argv[1])
+    shut_down()

@@ -52,8 +52,8 @@ def apply(module, patcher):
 
     def sync_last_micro_batch(wrapped, trainer, args, kwargs):
         model = args[0] if args else kwargs.get("model")
-        if not isinstance(model, DistributedDataParallel):
-            return wrapped(*args, **kwargs)
+        if not isinstance(model, DistributedDataParallel) or trainer.accelerator.num_processes < 2:
+            return wrapped(*args, **kwargs)  # one process: nothing to synchronise
         entered = model.require_backward_grad_sync
         wanted = bool(trainer.accelerator.sync_gradients)  # the loop set it for this micro-batch
         if entered == wanted:
