@@ -112,7 +112,17 @@ def _watch_trainer(patcher):
     if patcher in _watching:
         return
     _watching.add(patcher)
-    hooks.when_imported("transformers.trainer", lambda trainer: _scale_custom_loss(trainer, patcher))
+    hooks.when_imported("transformers.trainer", lambda trainer: _scale_custom_loss_safely(trainer, patcher))
+
+
+def _scale_custom_loss_safely(trainer_module, patcher):
+    """Runs inside the user's TrainingArguments(...) or import: never raises into it."""
+    try:
+        _scale_custom_loss(trainer_module, patcher)
+    except Exception as exc:
+        report.warning(f"gradfix: hf-dp-token-average could not patch Trainer.compute_loss ({exc!r}); a "
+                       f"compute_loss_func with a model without loss keyword arguments may see its loss "
+                       f"divided by the number of ranks. Set {OPTION} explicitly to avoid that")
 
 
 def _multiplies_custom_loss(compute_loss) -> bool:
