@@ -117,3 +117,28 @@ def test_hits_are_counted_across_threads():
     for thread in threads:
         thread.join()
     assert patcher.hits == 4000
+
+
+def test_define_gives_a_class_its_own_new_and_revert_removes_it():
+    Base, Child, _ = make_class()
+    seen = []
+
+    def remember(cls, *args, **kwargs):
+        seen.append((cls.__name__, kwargs))
+        return object.__new__(cls)
+
+    patcher = Patcher("p")
+    patcher.define(Base, "__new__", staticmethod(remember))
+    Child(), Base()
+    assert seen == [("Child", {}), ("Base", {})]
+    assert patcher.locations and not patcher.covered_elsewhere()
+    patcher.revert()
+    assert "__new__" not in vars(Base)
+    Child()
+    assert len(seen) == 2  # object.__new__ again
+
+
+def test_define_refuses_a_name_the_class_defines():
+    Base, _, _ = make_class()
+    with pytest.raises(PatchError, match="already defines 'scale'; wrap it instead"):
+        Patcher("p").define(Base, "scale", lambda self, x: x)
