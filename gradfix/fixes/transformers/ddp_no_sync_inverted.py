@@ -16,6 +16,7 @@ micro-batch of each window is what 4.46.3 does.
 """
 
 from gradfix import gates
+from gradfix.fixes._code import method_source
 
 TARGET = "transformers.trainer"
 HITS = "micro-batch gradient synchronisations (DDP all-reduce switched on or off)"
@@ -24,20 +25,13 @@ BUGGY = "if i == len(batch_samples) - 1"
 FIXED = "if i != len(batch_samples) - 1"
 
 
-def _loop_source(cls):
-    import inspect
-
-    return " ".join(inspect.getsource(cls._inner_training_loop).split())
-
-
 def probe(module):
     cls = getattr(module, "Trainer", None)
-    if cls is None or "training_step" not in vars(cls) or "_inner_training_loop" not in vars(cls):
-        return gates.unknown("Trainer.training_step or Trainer._inner_training_loop is missing")
-    try:
-        source = _loop_source(cls)
-    except (OSError, TypeError) as exc:
-        return gates.unknown(f"cannot read Trainer._inner_training_loop: {exc}")
+    if cls is None or "training_step" not in vars(cls):
+        return gates.unknown("Trainer.training_step is missing")
+    source = method_source(cls, "_inner_training_loop")
+    if isinstance(source, gates.Probe):
+        return source
     if "no_sync, model=model" not in source:
         return gates.unknown("the training loop no longer enters accelerator.no_sync itself")
     if f"{BUGGY} else contextlib.nullcontext" in source:

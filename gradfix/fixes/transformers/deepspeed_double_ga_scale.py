@@ -16,6 +16,7 @@ DeepSpeed's division, which is right for it.
 """
 
 from gradfix import gates
+from gradfix.fixes._code import flat_source, method_source
 
 TARGET = "transformers.trainer"
 HITS = "micro-batch losses handed to DeepSpeed without a second division by gradient_accumulation_steps"
@@ -24,20 +25,10 @@ NORMALISED = "_gradfix_loss_normalised"  # on the accelerator, for the duration 
 TRAINER_DIVIDES = "loss = loss / self.args.gradient_accumulation_steps"
 
 
-def _source(function):
-    import inspect
-
-    return " ".join(inspect.getsource(function).split())
-
-
 def probe(module):
-    cls = getattr(module, "Trainer", None)
-    if cls is None or "training_step" not in vars(cls):
-        return gates.unknown("Trainer.training_step is missing")
-    try:
-        source = _source(cls.training_step)
-    except (OSError, TypeError) as exc:
-        return gates.unknown(f"cannot read Trainer.training_step: {exc}")
+    source = method_source(getattr(module, "Trainer", None), "training_step")
+    if isinstance(source, gates.Probe):
+        return source
     if "scale_wrt_gas" in source:
         return gates.fixed("training_step passes scale_wrt_gas=False to DeepSpeed")
     if "num_items_in_batch" not in source:
@@ -70,7 +61,7 @@ def window_normalised(trainer, inputs, num_items_in_batch, trainer_divides):
 def apply(module, patcher):
     from accelerate import accelerator as accelerate_module
 
-    trainer_divides = TRAINER_DIVIDES in _source(module.Trainer.training_step)
+    trainer_divides = TRAINER_DIVIDES in flat_source(module.Trainer.training_step)
 
     def note_normalised_loss(wrapped, trainer, args, kwargs):
         inputs, num_items = _step_arguments(*args, **kwargs)

@@ -25,6 +25,7 @@ import sys
 import weakref
 
 from gradfix import gates, hooks, report
+from gradfix.fixes._code import flat_source
 
 TARGET = "transformers.training_args"
 OPTION = "average_tokens_across_devices"
@@ -128,10 +129,7 @@ def _scale_custom_loss_safely(trainer_module, patcher):
 def _multiplies_custom_loss(compute_loss) -> bool:
     """Whether ``Trainer.compute_loss`` multiplies by the number of ranks for a
     ``compute_loss_func`` as well (4.49.0 and later)."""
-    import inspect
-
-    source = " ".join(inspect.getsource(compute_loss).split())
-    return "self.model_accepts_loss_kwargs or self.compute_loss_func" in source
+    return "self.model_accepts_loss_kwargs or self.compute_loss_func" in flat_source(compute_loss)
 
 
 def _scale_custom_loss(trainer_module, patcher):

@@ -14,6 +14,7 @@ Under DeepSpeed the engine divides by GA itself and nothing changes.
 """
 
 from gradfix import gates
+from gradfix.fixes._code import method_source
 
 TARGET = "transformers.trainer"
 HITS = "micro-batch mean losses divided by gradient_accumulation_steps"
@@ -21,20 +22,10 @@ UNREACHED = "no Trainer step without DeepSpeed had a loss without num_items_in_b
 MEAN_LOSS_GA = "_gradfix_mean_loss_ga"  # on the accelerator, for the duration of one training step
 
 
-def _source(function):
-    import inspect
-
-    return " ".join(inspect.getsource(function).split())
-
-
 def probe(module):
-    cls = getattr(module, "Trainer", None)
-    if cls is None or "training_step" not in vars(cls):
-        return gates.unknown("Trainer.training_step is missing")
-    try:
-        source = _source(cls.training_step)
-    except (OSError, TypeError) as exc:
-        return gates.unknown(f"cannot read Trainer.training_step: {exc}")
+    source = method_source(getattr(module, "Trainer", None), "training_step")
+    if isinstance(source, gates.Probe):
+        return source
     if "loss = loss / self.args.gradient_accumulation_steps" in source:
         return gates.fixed("training_step divides a mean loss by GA before backward")
     if ("num_items_in_batch is None: return loss.detach() / self.args.gradient_accumulation_steps" in source

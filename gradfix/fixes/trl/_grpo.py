@@ -1,5 +1,4 @@
-"""Shared by the GRPO fixes: which loss types normalise by ``num_items_in_batch``, and
-reading a method's source for the code gates."""
+"""Shared by the GRPO fixes: which loss types normalise by ``num_items_in_batch``."""
 
 TOKEN_COUNT_LOSSES = ("dapo", "cispo", "vespo")  # divide by a global token count, not by GA
 
@@ -7,10 +6,3 @@ TOKEN_COUNT_LOSSES = ("dapo", "cispo", "vespo")  # divide by a global token coun
 def trainer_class(module):
     cls = getattr(module, "GRPOTrainer", None)
     return cls if isinstance(cls, type) else None
-
-
-def source(function) -> str:
-    """The source of ``function`` with all whitespace runs collapsed to one space."""
-    import inspect
-
-    return " ".join(inspect.getsource(function).split())

@@ -12,7 +12,9 @@ the count in the generation batch with exactly that.
 
 from gradfix import gates
 
-from ._grpo import TOKEN_COUNT_LOSSES, source, trainer_class
+from gradfix.fixes._code import method_source
+
+from ._grpo import TOKEN_COUNT_LOSSES, trainer_class
 
 TARGET = "trl.trainer.grpo_trainer"
 HITS = "generation batches whose token count left out the masked tokens"
@@ -22,14 +24,14 @@ SCORER = "_generate_and_score_completions"
 
 def probe(module):
     cls = trainer_class(module)
-    if cls is None or SCORER not in vars(cls):
-        return gates.unknown(f"GRPOTrainer.{SCORER} is missing")
-    try:
-        text = source(getattr(cls, SCORER))
-        if "self._generate(" in text and "_generate" in vars(cls):  # 1.x counts in _generate
-            text += " " + source(cls._generate)
-    except (OSError, TypeError) as exc:
-        return gates.unknown(f"cannot read GRPOTrainer.{SCORER}: {exc}")
+    text = method_source(cls, SCORER)
+    if isinstance(text, gates.Probe):
+        return text
+    if "self._generate(" in text and "_generate" in vars(cls):  # 1.x counts in _generate
+        counted = method_source(cls, "_generate")
+        if isinstance(counted, gates.Probe):
+            return counted
+        text += " " + counted
     if "gather(loss_mask.sum())" in text:
         return gates.fixed("the token count is the loss mask's, gathered over the ranks")
     if "agg_completion_lengths.sum()" in text and "mask_truncated_completions" in text:

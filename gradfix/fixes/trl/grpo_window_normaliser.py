@@ -13,7 +13,9 @@ exactly that count.
 
 from gradfix import gates
 
-from ._grpo import TOKEN_COUNT_LOSSES, source, trainer_class
+from gradfix.fixes._code import method_source
+
+from ._grpo import TOKEN_COUNT_LOSSES, trainer_class
 
 TARGET = "trl.trainer.grpo_trainer"
 HITS = "micro-batch losses normalised by the token count of their optimizer window"
@@ -26,13 +28,9 @@ RESCALED = "* self.current_gradient_accumulation_steps / self.args.steps_per_gen
 def probe(module):
     import re
 
-    cls = trainer_class(module)
-    if cls is None or "_compute_loss" not in vars(cls):
-        return gates.unknown("GRPOTrainer._compute_loss is missing")
-    try:
-        text = source(cls._compute_loss)
-    except (OSError, TypeError) as exc:
-        return gates.unknown(f"cannot read GRPOTrainer._compute_loss: {exc}")
+    text = method_source(trainer_class(module), "_compute_loss")
+    if isinstance(text, gates.Probe):
+        return text
     if COUNT not in text:
         return gates.unknown("_compute_loss does not normalise by num_items_in_batch")
     if RESCALED in text:

@@ -1,0 +1,22 @@
+"""Reading a framework's code for the code gates: a method's source with every run of
+whitespace collapsed to one space, so that fingerprints survive re-indentation."""
+
+from gradfix import gates
+
+
+def flat_source(function) -> str:
+    import inspect
+
+    return " ".join(inspect.getsource(function).split())
+
+
+def method_source(owner, name):
+    """The flattened source of the method ``name`` that ``owner`` (a class) defines
+    itself, or a ``gates.unknown`` probe that says why it cannot be read."""
+    label = f"{getattr(owner, '__name__', 'the class')}.{name}"
+    if not isinstance(owner, type) or name not in vars(owner):
+        return gates.unknown(f"{label} is missing")
+    try:
+        return flat_source(getattr(owner, name))
+    except (OSError, TypeError) as exc:
+        return gates.unknown(f"cannot read {label}: {exc}")
