@@ -216,6 +216,9 @@ TRL_RELEASES = {
     "1.9.0": [],
     "1.9.1": [],
 }
+# TRL alone, put in front of a transformers folder: 0.13.0 (the last release whose DPO-family
+# trainers rely on Trainer to divide their loss by GA) and 0.14.0 (works around it itself).
+TRL_CUSTOM_LOSS_RELEASES = ["0.13.0", "0.14.0"]
 
 
 @nox.session(python="3.11")
@@ -234,6 +237,8 @@ def transformers(session):
                             DATASETS_FOR_HUB_0)
     for release, stack in TRL_RELEASES.items():
         install_into_folder(session, CACHE / "trl" / f"trl-{release}", f"trl=={release}", *stack)
+    for release in TRL_CUSTOM_LOSS_RELEASES:
+        install_into_folder(session, CACHE / "trl" / f"trl-alone-{release}", f"trl=={release}")
     newest = dict(pin.split("==") for pin in TRANSFORMERS_NEWEST)
     transformers_releases = {r: str(CACHE / "transformers" / f"tf-{r}") for r in TRANSFORMERS_RELEASES}
     trl_releases = {release: str(CACHE / "trl" / f"trl-{release}") for release in TRL_RELEASES}
@@ -241,6 +246,8 @@ def transformers(session):
                 *session.posargs, env={
                     "GRADFIX_TF_RELEASES": json.dumps({**transformers_releases, newest["transformers"]: ""}),
                     "GRADFIX_TRL_RELEASES": json.dumps({**trl_releases, newest["trl"]: ""}),
+                    "GRADFIX_TRL_CUSTOM_LOSS_RELEASES": json.dumps(
+                        {release: str(CACHE / "trl" / f"trl-alone-{release}") for release in TRL_CUSTOM_LOSS_RELEASES}),
                     "GRADFIX_CACHE": str(CACHE)})
 
 

@@ -101,7 +101,7 @@ def main():
                            weight_decay=0.0, report_to=[], save_strategy="no", logging_steps=1, use_cpu=True, seed=0,
                            bf16=False, **extra)
         trainer = DPOTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer())
-        trainer.train()
+        logged = trainer.train().training_loss
     applied = [p.detach() - b for p, b in zip(model.parameters(), before)]
     squares = sum((r ** 2).sum() for r in reference)
     error = torch.sqrt(sum(((a - r) ** 2).sum() for a, r in zip(applied, reference)) / squares).item()
@@ -116,6 +116,7 @@ def main():
                 "model_accepts_loss_kwargs": trainer.model_accepts_loss_kwargs,
                 "update_error": error,
                 "update_scale": scale,
+                "logged_loss": logged,
                 "gradfix": {s.id: {"state": str(s.state), "hits": s.hits, "reason": s.reason}
                             for s in gradfix.status()},
             }, stream, indent=1)
