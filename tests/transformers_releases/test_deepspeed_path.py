@@ -1,12 +1,15 @@
-"""hf-deepspeed-double-ga-scale with real transformers and DeepSpeed releases:
+"""hf-deepspeed-double-ga-scale, hf-partial-window-ga-divisor and accelerate-deepspeed-short-window
+with real transformers, accelerate and DeepSpeed releases:
 ``Trainer`` with a DeepSpeed config (fp32, the Trainer's SGD), GA 4, one SGD step,
 against the plain PyTorch reference of the same step. DeepSpeed 0.16.4 has none
 of the DeepSpeed bugs in these configurations (ZeRO-0 on one rank, ZeRO-2 without
 offload), so only the transformers bug is seen.
 """
 
+from pathlib import Path
+
 import pytest
-from tfrun import BUG, MATCH, NOT_CONFIGURED, affected, releases, states, train
+from tfrun import BUG, MATCH, NOT_CONFIGURED, affected, deepspeed_folder, releases, run_worker, states, train
 
 pytestmark = pytest.mark.skipif(not releases(), reason=NOT_CONFIGURED)
 
@@ -64,3 +67,46 @@ def test_two_ranks_zero2(release):
     assert patched["rank_divergence"] == 0.0
     expected = affected(release)
     assert states(patched, expected) == {pid: "applied" for pid in expected}
+
+
+SHORT_WINDOW = ("--micro-batch-mean", "--accumulation", "4", "--sequences", "3", "--zero-stage", "2")
+
+
+@pytest.mark.parametrize("release,model", [(r, m) for r, m in (("4.48.3", "gpt2"), ("4.51.3", "llama"))
+                                           if r in releases()])
+def test_short_last_window_is_stepped(release, model):
+    """accelerate-deepspeed-short-window: three micro-batches in the epoch's only window
+    (GA 4); accelerate < 1.8 (these folders hold 1.3.0 and 1.6.0) leaves the engine
+    to count them, and it never steps. With gradfix the step is taken, and its micro-batch
+    means are divided by 3, not 4 (hf-partial-window-ga-divisor; on 4.48.3 the engine
+    would divide a GPT-2 loss itself)."""
+    options = (*SHORT_WINDOW, "--architecture", model)
+    unpatched, patched = run(release, False, *options), run(release, True, *options)
+    assert unpatched["update_scale"] == 0.0, unpatched  # no optimizer step at all
+    assert patched["update_error"] < MATCH, patched
+    assert patched["gradfix"]["accelerate-deepspeed-short-window"]["hits"] == 1  # the window's last micro-batch
+    assert patched["gradfix"]["hf-partial-window-ga-divisor"]["hits"] == 3
+
+
+@pytest.mark.parametrize("release", in_matrix("4.54.0"))
+def test_short_last_window_with_fixed_accelerate(release):
+    """With accelerate >= 1.8.0 (4.54.0's folder holds 1.9.0) the engine steps at the end
+    of a short window; Trainer's micro-batch mean must still be divided by its size."""
+    unpatched, patched = run(release, False, *SHORT_WINDOW), run(release, True, *SHORT_WINDOW)
+    assert abs(unpatched["update_scale"] - 0.75) < MATCH, unpatched
+    assert patched["update_error"] < MATCH, patched
+    assert patched["gradfix"]["hf-partial-window-ga-divisor"]["hits"] == 3
+    assert patched["gradfix"]["accelerate-deepspeed-short-window"]["state"] == "not_needed"
+
+
+@pytest.mark.parametrize("release", in_matrix("4.51.3"))
+def test_plain_accelerate_loop_keeps_the_engine_count(release):
+    """A script without accelerator.accumulate relies on the engine's own count: gradfix
+    must not tell the engine where windows end there (accelerate 1.6.0 in this folder)."""
+    code, builds = deepspeed_folder(DEEPSPEED)
+    worker = Path(__file__).resolve().parent / "accelerate_worker.py"
+    runs = [run_worker(worker, [releases()[release], code], patched, [], DS_ACCELERATOR="cpu",
+                       TORCH_EXTENSIONS_DIR=str(builds)) for patched in (False, True)]
+    assert runs[0]["engine_steps"] == 1  # six micro-batches at GA 4
+    assert runs[1]["weights"] == runs[0]["weights"]
+    assert runs[1]["gradfix"]["accelerate-deepspeed-short-window"] == {"state": "applied", "hits": 0}

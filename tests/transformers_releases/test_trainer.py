@@ -113,3 +113,19 @@ def test_micro_batch_mean_loss_is_divided_by_ga(release):
     else:
         assert unpatched["update_error"] == patched["update_error"]
         assert patched["gradfix"]["hf-mean-loss-not-divided"]["state"] == "not_needed"
+
+
+SHORT_WINDOW = ("--architecture", "gpt2", "--micro-batch-mean", "--accumulation", "4", "--sequences", "3")
+
+
+@pytest.mark.parametrize("release", matrix())
+def test_short_last_window_divides_by_its_own_size(release):
+    """hf-partial-window-ga-divisor: three micro-batches in a window of GA 4 (the epoch's
+    only, short, window), micro-batch mean losses; the reference is their mean."""
+    unpatched, patched = train(release, False, *SHORT_WINDOW, ranks=1), train(release, True, *SHORT_WINDOW, ranks=1)
+    assert patched["update_error"] < MATCH, patched
+    if "hf-partial-window-ga-divisor" in affected(release):
+        assert unpatched["update_error"] > BUG, unpatched  # x0.75 (x3 on 4.46.2-4.47: not divided at all)
+        assert patched["gradfix"]["hf-partial-window-ga-divisor"]["hits"] == 3
+    else:
+        assert patched["update_error"] == unpatched["update_error"]

@@ -35,10 +35,10 @@ def tiny_model(architecture="llama"):
     return LlamaForCausalLM(config).float()
 
 
-def sequences():
+def sequences(count=len(RESPONSES)):
     generator = torch.Generator().manual_seed(1)
     rows = []
-    for response in RESPONSES:
+    for response in RESPONSES[:count]:
         ids = torch.randint(0, VOCABULARY, (PROMPT + response,), generator=generator)
         labels = ids.clone()
         labels[:PROMPT] = -100
@@ -102,6 +102,8 @@ def main():
                         help="a model that takes no loss keyword arguments (its loss is a micro-batch mean)")
     parser.add_argument("--architecture", choices=("llama", "gpt2"), default="llama")
     parser.add_argument("--accumulation", type=int, default=2, help="gradient_accumulation_steps (x ranks = 4)")
+    parser.add_argument("--sequences", type=int, default=len(RESPONSES),
+                        help="train on the first N sequences (fewer than GA x ranks: a partial window)")
     parser.add_argument("--zero-stage", type=int, help="run through DeepSpeed with this ZeRO stage (fp32)")
     parser.add_argument("--offload", action="store_true", help="with --zero-stage: offload the optimizer to the CPU")
     options = parser.parse_args()
@@ -109,7 +111,7 @@ def main():
     import transformers
     from transformers import Trainer, TrainingArguments
 
-    model, rows = tiny_model(options.architecture), sequences()
+    model, rows = tiny_model(options.architecture), sequences(options.sequences)
     before = [p.detach().clone() for p in model.parameters()]
     reference = reference_update(model, rows, per_sequence=options.micro_batch_mean)
     chosen = {}

@@ -23,7 +23,7 @@ TARGET = "transformers.trainer"
 HITS = "losses without num_items_in_batch divided by gradient_accumulation_steps"
 UNREACHED = ("no Trainer step had a loss without num_items_in_batch from a model that takes loss keyword "
              "arguments, with GA > 1")
-PENDING = "_gradfix_countless_loss"  # on the accelerator: [GA, backward reached], for one training step
+PENDING = "_gradfix_countless_loss"  # on the accelerator, for one training step
 
 BUGGY = ("if not self.model_accepts_loss_kwargs and self.compute_loss_func is None: "
          "loss = loss / self.args.gradient_accumulation_steps")
@@ -66,21 +66,22 @@ def apply(module, patcher):
     def note_countless_loss(wrapped, trainer, args, kwargs):
         if not _needs_division(trainer, _num_items(*args, **kwargs)):
             return wrapped(*args, **kwargs)
-        accelerator, steps = trainer.accelerator, trainer.args.gradient_accumulation_steps
-        pending = [steps, False]
+        accelerator = trainer.accelerator
+        pending = {"args": trainer.args, "divisor": None}
         setattr(accelerator, PENDING, pending)
         try:
             loss = wrapped(*args, **kwargs)
         finally:
             setattr(accelerator, PENDING, None)
         # The logged value: 4.53.0 returns the divided loss (under DeepSpeed as well).
-        return loss / steps if pending[1] else loss
+        return loss / pending["divisor"] if pending["divisor"] else loss
 
     def divide_countless_loss(wrapped, accelerator, args, kwargs):
         pending = getattr(accelerator, PENDING, None)
         if not pending or not args:
             return wrapped(*args, **kwargs)
-        steps, pending[1] = pending[0], True
+        # Read at backward time: hf-partial-window-ga-divisor lowers it for a short last window.
+        steps = pending["divisor"] = pending["args"].gradient_accumulation_steps
         patcher.hit()
         if _deepspeed_divides(accelerator, kwargs):
             return wrapped(*args, **kwargs)  # 4.48.x under DeepSpeed: the engine divides by GA

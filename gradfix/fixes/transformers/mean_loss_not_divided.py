@@ -19,7 +19,7 @@ from gradfix.fixes._code import method_source
 TARGET = "transformers.trainer"
 HITS = "micro-batch mean losses divided by gradient_accumulation_steps"
 UNREACHED = "no Trainer step without DeepSpeed had a loss without num_items_in_batch and GA > 1"
-MEAN_LOSS_GA = "_gradfix_mean_loss_ga"  # on the accelerator, for the duration of one training step
+MEAN_LOSS_ARGS = "_gradfix_mean_loss_args"  # on the accelerator: the TrainingArguments, for one training step
 
 
 def probe(module):
@@ -44,14 +44,16 @@ def apply(module, patcher):
     def note_mean_loss(wrapped, trainer, args, kwargs):
         accelerator = trainer.accelerator
         mean_loss = _num_items(*args, **kwargs) is None
-        setattr(accelerator, MEAN_LOSS_GA, trainer.args.gradient_accumulation_steps if mean_loss else 0)
+        setattr(accelerator, MEAN_LOSS_ARGS, trainer.args if mean_loss else None)
         try:
             return wrapped(*args, **kwargs)
         finally:
-            setattr(accelerator, MEAN_LOSS_GA, 0)
+            setattr(accelerator, MEAN_LOSS_ARGS, None)
 
     def divide_mean_loss(wrapped, accelerator, args, kwargs):
-        steps = getattr(accelerator, MEAN_LOSS_GA, 0)
+        training_args = getattr(accelerator, MEAN_LOSS_ARGS, None)
+        # Read at backward time: hf-partial-window-ga-divisor lowers it for a short last window.
+        steps = training_args.gradient_accumulation_steps if training_args is not None else 0
         deepspeed = getattr(getattr(accelerator, "distributed_type", None), "name", None) == "DEEPSPEED"
         if steps > 1 and not deepspeed and args:
             patcher.hit()

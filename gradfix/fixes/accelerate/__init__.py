@@ -1,0 +1,1 @@
+"""Fixes for Hugging Face Accelerate (``accelerate``)."""
