@@ -191,9 +191,10 @@ def openrlhf(session):
 # was released with). The venv itself holds the newest transformers and accelerate; each
 # folder shadows them on PYTHONPATH. hf-dp-token-average: 4.46.2 (oldest affected), 4.48.3
 # (last before compute_loss_func was scaled), 4.51.3, 4.53.3 (newest affected), 4.54.0
-# (first fixed) and the newest release.
+# (first fixed) and the newest release; 4.48.0 for hf-num-items-not-passed (that release only).
 TRANSFORMERS_RELEASES = {
     "4.46.2": ["tokenizers==0.20.3", "huggingface-hub==0.26.5", "accelerate==1.1.1"],
+    "4.48.0": ["tokenizers==0.21.0", "huggingface-hub==0.28.1", "accelerate==1.3.0"],
     "4.48.3": ["tokenizers==0.21.0", "huggingface-hub==0.28.1", "accelerate==1.3.0"],
     "4.51.3": ["tokenizers==0.21.4", "huggingface-hub==0.30.2", "accelerate==1.6.0"],
     "4.53.3": ["tokenizers==0.21.4", "huggingface-hub==0.34.4", "accelerate==1.9.0"],

@@ -36,6 +36,8 @@ def test_gradfix_matches_the_global_token_mean(release):
     if "hf-dp-token-average" in expected:
         assert result["gradfix"]["hf-dp-token-average"]["hits"] == 1
         assert "average_tokens_across_devices=True (the default from transformers 4.54.0)" in result["output"]
+    if "hf-num-items-not-passed" in expected:
+        assert result["gradfix"]["hf-num-items-not-passed"]["hits"] == 2  # both micro-batches of the window
     if "hf-ddp-no-sync-inverted" in expected:
         assert result["gradfix"]["hf-ddp-no-sync-inverted"]["hits"] > 0
 
