@@ -28,6 +28,10 @@ SCHEMA = {
     "implementation": (str, "dotted module path of the fix"),
     "since": (str, "gradfix version that first shipped the patch"),
 }
+#: optional field -> (type, description, default).
+OPTIONAL = {
+    "numerics_changed": (list, "gradfix versions whose release changed what this patch computes", ()),
+}
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -35,11 +39,13 @@ class CatalogEntry:
     """One validated catalog file. ``affected`` and ``fixed_in`` are parsed with
     ``packaging`` on first use only."""
 
-    __slots__ = tuple(SCHEMA) + ("path", "_parsed")
+    __slots__ = tuple(SCHEMA) + tuple(OPTIONAL) + ("path", "_parsed")
 
     def __init__(self, fields: dict, path: str):
         for name in SCHEMA:
             setattr(self, name, fields[name])
+        for name, (_, _, default) in OPTIONAL.items():
+            setattr(self, name, tuple(fields.get(name, default)))
         self.upstream = tuple(self.upstream)
         self.path = path
         self._parsed = None
@@ -47,6 +53,7 @@ class CatalogEntry:
     def to_dict(self) -> dict:
         data = {name: getattr(self, name) for name in SCHEMA}
         data["upstream"] = list(self.upstream)
+        data.update({name: list(getattr(self, name)) for name in OPTIONAL if getattr(self, name)})
         return data
 
     @property
@@ -119,20 +126,23 @@ def validate(path: str, data: dict) -> CatalogEntry:
     from packaging.specifiers import InvalidSpecifier, SpecifierSet
     from packaging.version import InvalidVersion, Version
 
-    def version(name):
+    def version_of(name, text):
         try:
-            return Version(_text(data, name))
+            return Version(text.strip())
         except InvalidVersion:
-            raise _Problem(name, f"{data[name]!r} is not a PEP 440 version") from None
+            raise _Problem(name, f"{text!r} is not a PEP 440 version") from None
+
+    def version(name):
+        return version_of(name, _text(data, name))
 
     for name, (kind, description) in SCHEMA.items():
         if name not in data:
             raise _Problem(name, f"missing ({description})")
         if not isinstance(data[name], kind):
             raise _Problem(name, f"must be a {kind.__name__}, got {type(data[name]).__name__}")
-    unknown = sorted(set(data) - set(SCHEMA))
+    unknown = sorted(set(data) - set(SCHEMA) - set(OPTIONAL))
     if unknown:
-        raise _Problem(unknown[0], f"unknown field; valid fields: {', '.join(SCHEMA)}")
+        raise _Problem(unknown[0], f"unknown field; valid fields: {', '.join([*SCHEMA, *OPTIONAL])}")
 
     patch_id = _text(data, "id")
     stem = os.path.basename(path)[: -len(".toml")]
@@ -159,8 +169,15 @@ def validate(path: str, data: dict) -> CatalogEntry:
     # Lower bounds first: SpecifierSet's own str() sorts alphabetically ("<2.0,>=1.0").
     specs = sorted(map(str, affected), key=lambda s: (not s.startswith(">"), s))
     fields = {name: _text(data, name) if kind is str else data[name] for name, (kind, _) in SCHEMA.items()}
-    fields.update(affected=",".join(specs), fixed_in=str(fixed_in), since=str(version("since")),
-                  upstream=[ref.strip() for ref in upstream])
+    since = version("since")
+    changed = data.get("numerics_changed", [])
+    if not isinstance(changed, list) or not all(isinstance(v, str) for v in changed):
+        raise _Problem("numerics_changed", "must be a list of gradfix versions")
+    changed_versions = [version_of("numerics_changed", v) for v in changed]
+    if any(v <= since for v in changed_versions):
+        raise _Problem("numerics_changed", f"every version must be later than since = {since}")
+    fields.update(affected=",".join(specs), fixed_in=str(fixed_in), since=str(since),
+                  upstream=[ref.strip() for ref in upstream], numerics_changed=[str(v) for v in changed_versions])
     return CatalogEntry(fields, path)
 
 

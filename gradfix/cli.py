@@ -73,6 +73,9 @@ def cmd_status(args) -> int:
     elif not statuses:
         print(f"gradfix {__version__}: the catalog has no patches.")
     else:
+        profile = config.current().profile
+        print(f"gradfix {__version__}: " + (f"patch set of gradfix {profile} (GRADFIX_PROFILE)\n" if profile
+                                            else "its own patch set (GRADFIX_PROFILE unset)\n"))
         table = [["ID", "STATE", "REASON"]]
         table += [[s.id, s.state, s.reason] for s in statuses]
         print(_table(table))

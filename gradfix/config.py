@@ -16,20 +16,22 @@ ENV_DISABLE = "GRADFIX_DISABLE"
 ENV_STRICT = "GRADFIX_STRICT"
 ENV_LOG = "GRADFIX_LOG"
 ENV_CATALOG_PATH = "GRADFIX_CATALOG_PATH"
+ENV_PROFILE = "GRADFIX_PROFILE"
 
 class Settings:
     """The parsed environment. ``switch`` is True (on), False (off) or None (unset)."""
 
-    __slots__ = ("switch", "disabled", "disable_all", "strict", "log_level", "catalog_path", "problems")
+    __slots__ = ("switch", "disabled", "disable_all", "strict", "log_level", "catalog_path", "profile", "problems")
 
     def __init__(self, switch=None, disabled=(), disable_all=False, strict=False, log_level="info",
-                 catalog_path=(), problems=()):
+                 catalog_path=(), profile=None, problems=()):
         self.switch = switch
         self.disabled = tuple(disabled)
         self.disable_all = disable_all
         self.strict = strict
         self.log_level = log_level
         self.catalog_path = tuple(catalog_path)
+        self.profile = profile  # a packaging Version, or None
         self.problems = tuple(problems)
 
     @property
@@ -77,6 +79,7 @@ def parse(environ) -> Settings:
     disabled = tuple(item for item in items if item != DISABLE_ALL and item.lower() != "all")
 
     catalog_path = tuple(p for p in environ.get(ENV_CATALOG_PATH, "").split(os.pathsep) if p)
+    profile = _profile(environ.get(ENV_PROFILE, ""), problems)
 
     return Settings(
         switch=switch,
@@ -85,8 +88,31 @@ def parse(environ) -> Settings:
         strict=strict,
         log_level=log_level,
         catalog_path=catalog_path,
+        profile=profile,
         problems=tuple(problems),
     )
+
+
+def _profile(raw: str, problems: list):
+    """GRADFIX_PROFILE: a released gradfix version not newer than this one, or None."""
+    text = raw.strip()
+    if not text:
+        return None
+    from packaging.version import InvalidVersion, Version
+
+    from gradfix._version import __version__
+
+    try:
+        profile = Version(text)
+    except InvalidVersion:
+        problems.append(f"{ENV_PROFILE}={raw!r} is not a gradfix version (e.g. {__version__}). "
+                        "Ignoring it: this gradfix's own patch set is active.")
+        return None
+    if profile > Version(__version__):
+        problems.append(f"{ENV_PROFILE}={raw!r} is newer than the installed gradfix {__version__}, which cannot "
+                        f"know that release's patch set. Install gradfix=={text}. Ignoring it.")
+        return None
+    return profile
 
 
 def unknown_ids_problem(settings: Settings, known_ids):

@@ -14,7 +14,7 @@ import importlib
 import sys
 
 from . import catalog as catalog_module
-from . import config, hooks, implementation, report
+from . import config, hooks, implementation, profile, report
 from .gates import CodeVerdict, Probe, VersionVerdict, plausibly_affected, version_gate
 from .registry import PatchRecord, Registry, State
 from .versions import installed_versions
@@ -85,7 +85,7 @@ def activate():
     settings = _settings = config.current()
     _active = True
     _register_ray_hooks()
-    report.configure(settings.log_level)
+    report.configure(settings.log_level, settings.profile)
     for problem in settings.problems:
         _warn_once(problem)
     catalog = catalog_module.load(settings.catalog_path)
@@ -146,6 +146,10 @@ def _version_gate(record, settings) -> bool:
         return False
     if settings.is_disabled(entry.id):
         record.set(State.DISABLED, "disabled by GRADFIX_DISABLE")
+        return False
+    outside_profile = profile.exclusion(entry, settings.profile)
+    if outside_profile:
+        record.set(State.DISABLED, outside_profile)
         return False
     if version is not None:
         record.version_verdict = version_gate(version, entry.affected_set)

@@ -22,12 +22,14 @@ _THRESHOLDS = {"quiet": WARNING, "info": INFO, "debug": DEBUG}
 _RANK_VARIABLES = ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID")
 
 _log_level = "info"
+_profile = None  # GRADFIX_PROFILE, a packaging Version, when set
 _summary_logged = False
 
 
-def configure(log_level: str) -> None:
-    global _log_level
+def configure(log_level: str, profile=None) -> None:
+    global _log_level, _profile
     _log_level = log_level
+    _profile = profile
     if "logging" in sys.modules:
         sys.modules["logging"].getLogger("gradfix").setLevel(_THRESHOLDS[log_level])
 
@@ -115,16 +117,21 @@ _ORDER = (
 )
 
 
+def version_label() -> str:
+    """``gradfix 0.2.0``, with the pinned patch set when GRADFIX_PROFILE chose one."""
+    return f"gradfix {__version__}" + (f" (profile {_profile})" if _profile is not None else "")
+
+
 def summary_line(statuses) -> str:
     statuses = list(statuses)
     if not statuses:
-        return f"gradfix {__version__}{rank_label()}: active; the catalog has no patches"
+        return f"{version_label()}{rank_label()}: active; the catalog has no patches"
     parts = []
     for state, label in _ORDER:
         chosen = [_describe(s) for s in statuses if s.state == state]
         if chosen:
             parts.append(f"{label}: {', '.join(chosen)}")
-    return f"gradfix {__version__}{rank_label()}: " + "; ".join(parts)
+    return f"{version_label()}{rank_label()}: " + "; ".join(parts)
 
 
 def log_summary(statuses, *, final: bool = False) -> None:
