@@ -72,7 +72,7 @@ def check(result, tmp_path):
             assert mode is None or not any(flag in str(mode) for flag in "wax+"), (event, args)
             assert str(path).startswith(prefixes), f"opened outside the installation: {path}"
         elif event == "compile":
-            source, filename = args[0], args[1]
+            source = args[0]
             # Modules, the "import" lines of .pth files, string annotations ("int"): never a value
             # taken from the environment.
             assert PAYLOAD not in str(source), f"an environment value was compiled: {args}"
