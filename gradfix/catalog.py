@@ -233,7 +233,8 @@ def load(extra_dirs=(), include_builtin: bool = True, use_index: bool = True) ->
     entries, problems, seen = [], [], {}
     for number, directory in enumerate(dirs):
         if not os.path.isdir(directory):
-            problems.append(CatalogProblem(directory, None, "catalog folder does not exist"))
+            where = "this catalog folder" if number == 0 and include_builtin else "a GRADFIX_CATALOG_PATH folder"
+            problems.append(CatalogProblem(directory, None, f"{where} does not exist; its patches are not loaded"))
             continue
         try:
             files = _toml_files(directory)

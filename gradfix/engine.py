@@ -90,7 +90,7 @@ def activate():
         _warn_once(problem)
     catalog = catalog_module.load(settings.catalog_path)
     for problem in catalog.problems:
-        _warn_once(f"catalog entry skipped: {problem}")
+        _warn_once(f"catalog problem, skipped: {problem}")
     unknown = config.unknown_ids_problem(settings, catalog.ids)
     if unknown:
         _warn_once(unknown)

@@ -41,11 +41,12 @@ def run_python(tmp_path):
     is not importable by accident: the gradfix under test is the installed one.
     """
 
-    def run(code, toy_release=("1.0", "buggy"), catalogs=(toy.CATALOG,), env=None, argv=None):
-        """Run ``python -c code``, or ``python *argv`` when argv is given."""
-        paths = [str(toy.FIXTURES)]
+    def run(code, toy_release=("1.0", "buggy"), catalogs=(toy.CATALOG,), env=None, argv=None, extra_paths=()):
+        """Run ``python -c code``, or ``python *argv`` when argv is given; ``extra_paths``
+        go first on PYTHONPATH."""
+        paths = [*map(str, extra_paths), str(toy.FIXTURES)]
         if toy_release is not None:
-            paths.insert(0, str(toy.install(tmp_path / "toys", *toy_release)))
+            paths.insert(len(extra_paths), str(toy.install(tmp_path / "toys", *toy_release)))
         variables = clean_env(
             PYTHONPATH=os.pathsep.join(paths),
             GRADFIX_CATALOG_PATH=os.pathsep.join(map(str, catalogs)) or None,
