@@ -82,7 +82,7 @@ def cmd_status(args) -> int:
         print("\n(This process only. Inside a training run, gradfix.status() and the line gradfix "
               "logs at exit say how often each applied patch corrected the buggy path; GRADFIX_LOG=debug "
               "makes every rank log its own lines, and gradfix.ray.worker_status() asks Ray workers.)")
-    return ATTENTION if any(s.state in (State.UNSUPPORTED, State.FAILED) for s in statuses) else OK
+    return ATTENTION if any(s.state in (State.UNSUPPORTED, State.CONFLICT, State.FAILED) for s in statuses) else OK
 
 
 def cmd_doctor(args) -> int:

@@ -37,7 +37,7 @@ _warned = set()
 _atexit_registered = False
 _active = False
 _ray_hooks_registered = False
-_TROUBLE = (State.UNSUPPORTED, State.FAILED)
+_TROUBLE = (State.UNSUPPORTED, State.CONFLICT, State.FAILED)
 
 
 def _warn_once(message: str) -> None:
@@ -199,6 +199,9 @@ def _code_gate(record, module):
         return detail
     if probe.verdict == CodeVerdict.FIXED:
         record.set(State.NOT_NEEDED, f"{package}: the installed code already has the fix{detail}")
+    elif probe.verdict == CodeVerdict.CONFLICT:
+        record.set(State.CONFLICT, f"{package}: {probe.detail}. gradfix does not stack a second correction on it; "
+                   f"to use gradfix's instead, load it without the other patch")
     elif probe.verdict == CodeVerdict.UNCORRECTABLE:
         record.set(State.UNSUPPORTED, f"{package} has this bug and gradfix cannot correct it here: "
                    f"{probe.detail}. Upgrading to {entry.package} >={entry.fixed_in} fixes it upstream")
@@ -239,7 +242,7 @@ def _on_target_imported(patch_id: str, module) -> None:
 def _apply(record, module, detail: str) -> None:
     entry = record.entry
     try:
-        from .patcher import Patcher, PatchError
+        from .patcher import PatchConflict, Patcher, PatchError
     except ImportError as exc:
         record.set(State.FAILED, f"cannot load gradfix's patcher ({exc}); reinstall gradfix")
         return
@@ -251,7 +254,11 @@ def _apply(record, module, detail: str) -> None:
             patcher.revert()  # undo whatever part was installed
         except PatchError:
             pass
-        record.set(State.FAILED, f"applying the fix raised {type(exc).__name__}: {exc}")
+        if isinstance(exc, PatchConflict):
+            record.set(State.CONFLICT, f"{exc}. gradfix does not stack a second correction on it; "
+                       "to use gradfix's instead, load it without the other patch")
+        else:
+            record.set(State.FAILED, f"applying the fix raised {type(exc).__name__}: {exc}")
         return
     record.patcher = patcher
     version = record.installed_version or "(no version metadata)"

@@ -45,6 +45,7 @@ class CodeVerdict:
     FIXED = "fixed"  # already behaves like the upstream fix: leave it alone
     UNKNOWN = "unknown"  # neither: never patch blindly
     UNCORRECTABLE = "uncorrectable"  # the known buggy code, but no reliable correction exists
+    CONFLICT = "conflict"  # another patcher (or a hand-made fix) replaced the code: never stack on it
 
 
 class Probe:
@@ -69,6 +70,10 @@ def fixed(detail: str = "") -> Probe:
 
 def unknown(detail: str) -> Probe:
     return Probe(CodeVerdict.UNKNOWN, detail)
+
+
+def conflict(detail: str) -> Probe:
+    return Probe(CodeVerdict.CONFLICT, detail)
 
 
 def uncorrectable(detail: str) -> Probe:

@@ -14,6 +14,10 @@ class PatchError(RuntimeError):
     """A patch could not be installed because the target is not where it should be."""
 
 
+class PatchConflict(PatchError):
+    """The code to wrap was replaced by someone else (another patcher, a hand-made fix)."""
+
+
 class GradfixWrapper(wrapt.FunctionWrapper):
     """The wrapper gradfix installs; carries the id of the patch that owns it."""
 
@@ -72,6 +76,11 @@ class Patcher:
         original = namespace[name]
         if isinstance(original, GradfixWrapper) and original.gradfix_patch_id == self.patch_id:
             return  # already wrapped by this patch
+        from gradfix.fixes._code import replaced_by
+
+        other = replaced_by(owner, original) if isinstance(owner, type) else None
+        if other:
+            raise PatchConflict(f"{_name(owner)}.{name} was replaced by {other}")
         wrapped = GradfixWrapper(original, wrapper, self.patch_id)
         setattr(owner, name, wrapped)
         self._wraps.append(_Wrap(owner, name, original, wrapped))

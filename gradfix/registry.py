@@ -14,10 +14,11 @@ class State:
     APPLIED = "applied"
     NOT_NEEDED = "not_needed"  # package absent, or fixed in the installed code
     UNSUPPORTED = "unsupported"  # in the affected range, but not the known buggy code
+    CONFLICT = "conflict"  # another patcher replaced the code gradfix would wrap
     FAILED = "failed"
     DISABLED = "disabled"
     REVERTED = "reverted"
-    ALL = (ARMED, APPLIED, NOT_NEEDED, UNSUPPORTED, FAILED, DISABLED, REVERTED)
+    ALL = (ARMED, APPLIED, NOT_NEEDED, UNSUPPORTED, CONFLICT, FAILED, DISABLED, REVERTED)
 
 
 class PatchStatus:

@@ -110,6 +110,7 @@ _ORDER = (
     (State.APPLIED, "applied"),
     (State.ARMED, "armed, target never imported"),
     (State.UNSUPPORTED, "unsupported"),
+    (State.CONFLICT, "conflict, left alone"),
     (State.FAILED, "failed"),
     (State.NOT_NEEDED, "not needed"),
     (State.DISABLED, "disabled"),
@@ -140,7 +141,7 @@ def log_summary(statuses, *, final: bool = False) -> None:
     if _summary_logged or (not final and any(s.state == State.ARMED for s in statuses)):
         return
     _summary_logged = True
-    troubled = any(s.state in (State.UNSUPPORTED, State.FAILED) for s in statuses)
+    troubled = any(s.state in (State.UNSUPPORTED, State.CONFLICT, State.FAILED) for s in statuses)
     (warning if troubled else info)(summary_line(statuses))
 
 

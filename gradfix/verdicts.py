@@ -14,7 +14,8 @@ PACKAGE_ABSENT = "package absent"
 UNSUPPORTED = "unsupported"
 ERROR = "error"
 DISABLED = "disabled"
-NEEDS_ATTENTION = (UNSUPPORTED, ERROR)
+CONFLICT = "conflict"
+NEEDS_ATTENTION = (UNSUPPORTED, CONFLICT, ERROR)
 
 
 def verdict_of(status: PatchStatus) -> str:
@@ -24,6 +25,8 @@ def verdict_of(status: PatchStatus) -> str:
         return NOT_NEEDED if status.package_present else PACKAGE_ABSENT
     if status.state == State.UNSUPPORTED:
         return UNSUPPORTED
+    if status.state == State.CONFLICT:
+        return CONFLICT
     if status.state == State.DISABLED:
         return DISABLED
     return ERROR

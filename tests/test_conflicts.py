@@ -1,0 +1,101 @@
+"""Another patcher got there first: gradfix reports CONFLICT and never stacks a second
+correction on code it did not write (Unsloth, Liger-Kernel and Axolotl replace
+framework methods with functions of their own modules, or wrap them).
+
+Detection is by origin, not by product: a method of a class whose function comes from
+another top-level package, or a wrapt wrapper that is not gradfix's, is someone else's.
+"""
+
+import functools
+
+import wrapt
+
+from gradfix import gates
+from gradfix.fixes._code import method_source, replaced_by
+from gradfix.patcher import Patcher, PatchConflict
+from toy import PATCH_ID, WORKLOAD
+
+STATUS = """
+import json, gradfix
+print("STATUS", json.dumps({s.id: [s.state, s.reason] for s in gradfix.status()}))
+"""
+
+# "otherpatch" wraps Accumulator.add with wrapt before gradfix is activated, here a pass-through
+# that counts calls: gradfix cannot tell what a foreign wrapper does, so it never wraps it again.
+OTHER_PATCHER = """
+import wrapt, gftoy.accum
+CALLS = []
+def counted(wrapped, instance, args, kwargs):
+    CALLS.append(1)
+    return wrapped(*args, **kwargs)
+gftoy.accum.Accumulator.add = wrapt.FunctionWrapper(vars(gftoy.accum.Accumulator)["add"], counted)
+"""
+
+
+def a_class(module_name):
+    def step(self):
+        return 1
+
+    return type("Trainer", (), {"__module__": module_name, "training_step": step})
+
+
+def test_foreign_function_is_a_conflict():
+    owner = a_class("transformers.trainer")
+
+    def unsloth_step(self):
+        return 2
+
+    unsloth_step.__module__ = "unsloth.models._utils"
+    owner.training_step = unsloth_step
+    probe = method_source(owner, "training_step")
+    assert probe.verdict == gates.CodeVerdict.CONFLICT
+    assert "replaced by code from unsloth.models._utils" in probe.detail
+    owner.training_step = staticmethod(unsloth_step)
+    assert replaced_by(owner, vars(owner)["training_step"]) == "code from unsloth.models._utils"
+
+
+def test_own_code_decorators_and_gradfix_wrappers_are_not_conflicts():
+    owner = a_class("transformers.trainer")
+    original = vars(owner)["training_step"]
+    original.__module__ = "transformers.trainer"
+
+    @functools.wraps(original)  # a decorator of the framework itself (torch.no_grad and the like)
+    def decorated(self):
+        return original(self)
+
+    assert replaced_by(owner, decorated) is None
+    patcher = Patcher("demo")
+    patcher.wrap(owner, "training_step", lambda wrapped, instance, args, kwargs: wrapped(*args, **kwargs))
+    assert replaced_by(owner, vars(owner)["training_step"]) is None  # gradfix's own wrapper
+    assert isinstance(method_source(owner, "training_step"), str)
+    patcher.revert()
+
+
+def test_foreign_wrapt_wrapper_is_a_conflict_at_apply():
+    owner = a_class("transformers.trainer")
+    vars(owner)["training_step"].__module__ = "transformers.trainer"
+    owner.training_step = wrapt.FunctionWrapper(vars(owner)["training_step"],
+                                                lambda wrapped, instance, args, kwargs: wrapped(*args, **kwargs))
+    patcher = Patcher("demo")
+    try:
+        patcher.wrap(owner, "training_step", lambda wrapped, instance, args, kwargs: 0)
+    except PatchConflict as exc:
+        assert "wrapt wrapper that is not gradfix's" in str(exc)
+    else:
+        raise AssertionError("a foreign wrapt wrapper was wrapped again")
+    left = vars(owner)["training_step"]  # as the other patcher left it
+    assert isinstance(left, wrapt.FunctionWrapper) and getattr(left, "gradfix_patch_id", None) is None
+
+
+def test_other_patcher_first_gives_conflict_and_its_own_numbers(run_python):
+    """End to end: the program computes what it computes with the other patcher alone."""
+    alone = run_python(OTHER_PATCHER + WORKLOAD, env={"GRADFIX": "0"}).value("RESULT")
+    run = run_python(OTHER_PATCHER + "import gradfix\n" + WORKLOAD + STATUS)
+    assert run.returncode == 0
+    assert run.value("RESULT") == alone  # not corrected a second time
+    state, reason = run.value("STATUS")[PATCH_ID]
+    assert state == "conflict" and "wrapt wrapper that is not gradfix's" in reason
+    assert "conflict, left alone: toy-accumulate-drop" in run.stderr
+    strict = run_python(OTHER_PATCHER + "import gradfix\n" + WORKLOAD, env={"GRADFIX_STRICT": "1"})
+    assert strict.returncode != 0 and PATCH_ID in strict.stderr
+
