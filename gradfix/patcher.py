@@ -9,6 +9,8 @@ import threading
 
 import wrapt
 
+from gradfix.origin import replaced_by
+
 
 class PatchError(RuntimeError):
     """A patch could not be installed because the target is not where it should be."""
@@ -76,8 +78,6 @@ class Patcher:
         original = namespace[name]
         if isinstance(original, GradfixWrapper) and original.gradfix_patch_id == self.patch_id:
             return  # already wrapped by this patch
-        from gradfix.fixes._code import replaced_by
-
         other = replaced_by(owner, original) if isinstance(owner, type) else None
         if other:
             raise PatchConflict(f"{_name(owner)}.{name} was replaced by {other}")

@@ -9,11 +9,12 @@ another top-level package, or a wrapt wrapper that is not gradfix's, is someone 
 import functools
 
 import wrapt
+from toy import PATCH_ID, WORKLOAD
 
 from gradfix import gates
-from gradfix.fixes._code import method_source, replaced_by
-from gradfix.patcher import Patcher, PatchConflict
-from toy import PATCH_ID, WORKLOAD
+from gradfix.fixes._code import method_source
+from gradfix.origin import replaced_by
+from gradfix.patcher import PatchConflict, Patcher
 
 STATUS = """
 import json, gradfix

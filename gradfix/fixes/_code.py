@@ -2,35 +2,13 @@
 whitespace collapsed to one space, so that fingerprints survive re-indentation."""
 
 from gradfix import gates
+from gradfix.origin import replaced_by
 
 
 def flat_source(function) -> str:
     import inspect
 
     return " ".join(inspect.getsource(function).split())
-
-
-def _is_wrapt_proxy(value) -> bool:
-    """A wrapt proxy (1.x or 2.x, C or Python), recognised without importing wrapt."""
-    return any(cls.__name__ in ("ObjectProxy", "BaseObjectProxy")
-               and cls.__module__.partition(".")[0] in ("wrapt", "_wrappers") for cls in type(value).__mro__)
-
-
-def replaced_by(owner, attribute):
-    """Who replaced ``attribute`` of ``owner`` when it does not come from the owner's own
-    package (another patcher such as Unsloth, Liger-Kernel or Axolotl, or a hand-made
-    fix), else None. gradfix's own wrappers and the package's decorators do not count."""
-    if _is_wrapt_proxy(attribute):
-        if getattr(attribute, "gradfix_patch_id", None) is None:
-            return "a wrapt wrapper that is not gradfix's"
-        return None
-    function = getattr(attribute, "__func__", attribute)  # staticmethod, classmethod
-    module = getattr(function, "__module__", None)
-    home = getattr(owner, "__module__", None) if isinstance(owner, type) else getattr(owner, "__name__", None)
-    own = (home or "").partition(".")[0]
-    if not isinstance(module, str) or not own:
-        return None
-    return None if module.partition(".")[0] in (own, "gradfix") else f"code from {module}"
 
 
 def method_source(owner, name):
