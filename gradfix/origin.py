@@ -2,10 +2,15 @@
 gradfix), or someone else's (another patcher, a monitoring tool, the user's own fix)."""
 
 
+# Where wrapt's proxy base classes say they live: its Python modules, wrapt 2's C module,
+# and wrapt 1's C types (which report "builtins").
+_WRAPT_HOMES = ("wrapt", "_wrappers", "builtins")
+
+
 def _is_wrapt_proxy(value) -> bool:
     """A wrapt proxy (1.x or 2.x, C or Python), recognised without importing wrapt."""
     return any(cls.__name__ in ("ObjectProxy", "BaseObjectProxy")
-               and cls.__module__.partition(".")[0] in ("wrapt", "_wrappers") for cls in type(value).__mro__)
+               and cls.__module__.partition(".")[0] in _WRAPT_HOMES for cls in type(value).__mro__)
 
 
 def _is_gradfix_wrapper(value) -> bool:
