@@ -36,8 +36,8 @@ def matrix(patch=None):
 
 
 @functools.lru_cache(maxsize=None)
-def grpo(release, patched, *options):
-    result = run_worker(WORKER, [releases()[release]], patched, options)
+def grpo(release, patched, *options, ranks=1):
+    result = run_worker(WORKER, [releases()[release]], patched, options, ranks=ranks)
     assert result["trl"] == release
     return result
 
@@ -80,3 +80,19 @@ def test_one_window_per_generation_is_left_alone(release):
     assert unpatched["update_error"] < MATCH
     assert patched["update"] == unpatched["update"]
     assert patched["gradfix"][WINDOW] == {"state": "applied", "hits": 0}
+
+
+@pytest.mark.parametrize("release", [r for r in matrix(TRUNCATED) if not r.startswith("0.")][:1])
+def test_two_ranks_match_the_fixed_release(release):
+    """Two data-parallel ranks (the truncated-token recount is gathered over ranks): the
+    patched release applies exactly the update of the first fixed release, 1.9.1, to the
+    same completions (rank 0's parameters; the plain reference covers one rank only)."""
+    if "1.9.1" not in releases():
+        pytest.skip("TRL 1.9.1 is not in the matrix")
+    options = (*SPLIT, "--mask-truncated")
+    fixed = grpo("1.9.1", False, *options, ranks=2)
+    unpatched, patched = grpo(release, False, *options, ranks=2), grpo(release, True, *options, ranks=2)
+    assert patched["truncated"] == fixed["truncated"] > 0
+    assert patched["update"] == fixed["update"]
+    assert unpatched["update"] != fixed["update"]
+    assert patched["gradfix"][TRUNCATED] == {"state": "applied", "hits": 1}
