@@ -17,6 +17,7 @@ DeepSpeed's division, which is right for it.
 
 from gradfix import gates
 from gradfix.fixes._code import flat_source, method_source
+from gradfix.fixes.transformers._step import step_arguments, uses_deepspeed
 
 TARGET = "transformers.trainer"
 HITS = "micro-batch losses handed to DeepSpeed without a second division by gradient_accumulation_steps"
@@ -36,10 +37,6 @@ def probe(module):
     if "self.accelerator.backward(loss" not in source:
         return gates.unknown("training_step no longer calls self.accelerator.backward(loss, ...)")
     return gates.buggy("training_step hands a window-normalised loss to DeepSpeed, which divides it by GA again")
-
-
-def _step_arguments(model, inputs, num_items_in_batch=None, *args, **kwargs):
-    return inputs, num_items_in_batch
 
 
 def window_normalised(trainer, inputs, num_items_in_batch, trainer_divides):
@@ -64,7 +61,7 @@ def apply(module, patcher):
     trainer_divides = TRAINER_DIVIDES in flat_source(module.Trainer.training_step)
 
     def note_normalised_loss(wrapped, trainer, args, kwargs):
-        inputs, num_items = _step_arguments(*args, **kwargs)
+        inputs, num_items = step_arguments(*args, **kwargs)
         accelerator = trainer.accelerator
         setattr(accelerator, NORMALISED, window_normalised(trainer, inputs, num_items, trainer_divides))
         try:
@@ -73,8 +70,7 @@ def apply(module, patcher):
             setattr(accelerator, NORMALISED, False)
 
     def divide_once(wrapped, accelerator, args, kwargs):
-        deepspeed = getattr(getattr(accelerator, "distributed_type", None), "name", None) == "DEEPSPEED"
-        if deepspeed and getattr(accelerator, NORMALISED, False) and "scale_wrt_gas" not in kwargs:
+        if uses_deepspeed(accelerator) and getattr(accelerator, NORMALISED, False) and "scale_wrt_gas" not in kwargs:
             kwargs = {**kwargs, "scale_wrt_gas": False}
             patcher.hit()
         return wrapped(*args, **kwargs)

@@ -18,6 +18,7 @@ step then returns the divided value for the log, as 4.53.0 does.
 
 from gradfix import gates
 from gradfix.fixes._code import method_source
+from gradfix.fixes.transformers._step import step_num_items, uses_deepspeed
 
 TARGET = "transformers.trainer"
 HITS = "losses without num_items_in_batch divided by gradient_accumulation_steps"
@@ -43,10 +44,6 @@ def probe(module):
     return gates.unknown("training_step's gradient-accumulation scaling is neither the known buggy nor the fixed code")
 
 
-def _num_items(model, inputs, num_items_in_batch=None, *args, **kwargs):
-    return num_items_in_batch
-
-
 def _needs_division(trainer, num_items_in_batch):
     """4.53.0's condition, less the part 4.48.1 already handles (a model without loss
     keyword arguments)."""
@@ -56,15 +53,14 @@ def _needs_division(trainer, num_items_in_batch):
 
 
 def _deepspeed_divides(accelerator, kwargs):
-    deepspeed = getattr(getattr(accelerator, "distributed_type", None), "name", None) == "DEEPSPEED"
-    return deepspeed and kwargs.get("scale_wrt_gas", True)
+    return uses_deepspeed(accelerator) and kwargs.get("scale_wrt_gas", True)
 
 
 def apply(module, patcher):
     from accelerate import accelerator as accelerate_module
 
     def note_countless_loss(wrapped, trainer, args, kwargs):
-        if not _needs_division(trainer, _num_items(*args, **kwargs)):
+        if not _needs_division(trainer, step_num_items(*args, **kwargs)):
             return wrapped(*args, **kwargs)
         accelerator = trainer.accelerator
         pending = {"args": trainer.args, "divisor": None}

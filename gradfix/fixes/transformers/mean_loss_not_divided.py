@@ -15,6 +15,7 @@ Under DeepSpeed the engine divides by GA itself and nothing changes.
 
 from gradfix import gates
 from gradfix.fixes._code import method_source
+from gradfix.fixes.transformers._step import step_num_items, uses_deepspeed
 
 TARGET = "transformers.trainer"
 HITS = "micro-batch mean losses divided by gradient_accumulation_steps"
@@ -34,16 +35,12 @@ def probe(module):
     return gates.unknown("training_step's gradient-accumulation scaling is neither the known buggy nor the fixed code")
 
 
-def _num_items(model, inputs, num_items_in_batch=None, *args, **kwargs):
-    return num_items_in_batch
-
-
 def apply(module, patcher):
     from accelerate import accelerator as accelerate_module
 
     def note_mean_loss(wrapped, trainer, args, kwargs):
         accelerator = trainer.accelerator
-        mean_loss = _num_items(*args, **kwargs) is None
+        mean_loss = step_num_items(*args, **kwargs) is None
         setattr(accelerator, MEAN_LOSS_ARGS, trainer.args if mean_loss else None)
         try:
             return wrapped(*args, **kwargs)
@@ -54,8 +51,7 @@ def apply(module, patcher):
         training_args = getattr(accelerator, MEAN_LOSS_ARGS, None)
         # Read at backward time: hf-partial-window-ga-divisor lowers it for a short last window.
         steps = training_args.gradient_accumulation_steps if training_args is not None else 0
-        deepspeed = getattr(getattr(accelerator, "distributed_type", None), "name", None) == "DEEPSPEED"
-        if steps > 1 and not deepspeed and args:
+        if steps > 1 and not uses_deepspeed(accelerator) and args:
             patcher.hit()
             return wrapped(args[0] / steps, *args[1:], **kwargs)
         return wrapped(*args, **kwargs)

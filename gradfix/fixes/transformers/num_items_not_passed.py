@@ -14,6 +14,7 @@ left out (also when a subclass's compute_loss hands on its own None).
 
 from gradfix import gates
 from gradfix.fixes._code import method_source
+from gradfix.fixes.transformers._step import step_num_items
 
 TARGET = "transformers.trainer"
 HITS = "compute_loss calls given the window's num_items_in_batch"
@@ -36,13 +37,9 @@ def probe(module):
     return gates.unknown("training_step's call of compute_loss is neither the known buggy nor the fixed code")
 
 
-def _num_items(model, inputs, num_items_in_batch=None, *args, **kwargs):
-    return num_items_in_batch
-
-
 def apply(module, patcher):
     def note_count(wrapped, trainer, args, kwargs):
-        count = _num_items(*args, **kwargs)
+        count = step_num_items(*args, **kwargs)
         if count is None or not trainer.model_accepts_loss_kwargs:
             return wrapped(*args, **kwargs)
         setattr(trainer, COUNT, count)

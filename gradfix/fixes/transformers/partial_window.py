@@ -20,6 +20,7 @@ accelerate-deepspeed-short-window.)
 
 from gradfix import gates
 from gradfix.fixes._code import method_source
+from gradfix.fixes.transformers._step import uses_deepspeed
 from gradfix.fixes.transformers.deepspeed_double_ga_scale import NORMALISED
 
 TARGET = "transformers.trainer"
@@ -55,8 +56,8 @@ def _window_size(samples):
 def _engine_divides(accelerator, kwargs):
     """DeepSpeed will divide this loss by its GA: no scale_wrt_gas=False from Trainer
     (4.49.0+) or from hf-deepspeed-double-ga-scale (which marks the step)."""
-    deepspeed = getattr(getattr(accelerator, "distributed_type", None), "name", None) == "DEEPSPEED"
-    return deepspeed and kwargs.get("scale_wrt_gas", True) and not getattr(accelerator, NORMALISED, False)
+    return (uses_deepspeed(accelerator) and kwargs.get("scale_wrt_gas", True)
+            and not getattr(accelerator, NORMALISED, False))
 
 
 def apply(module, patcher):
