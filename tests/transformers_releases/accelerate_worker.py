@@ -10,6 +10,7 @@ import json
 import sys
 
 import torch
+from trainer_worker import shut_down
 
 
 def main(out):
@@ -39,7 +40,4 @@ def main(out):
 
 if __name__ == "__main__":
     main(sys.argv[1])
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    shut_down()
