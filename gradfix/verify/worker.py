@@ -17,6 +17,7 @@ DeepSpeed's data-parallel reduction does.
 import argparse
 import json
 import os
+import socket
 import sys
 
 import torch
@@ -74,7 +75,10 @@ def _distributed_environment(device):
                 "LOCAL_WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}
     for name, value in defaults.items():
         os.environ.setdefault(name, value)
-    os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 20000))
+    if "MASTER_PORT" not in os.environ:  # a single process: any port nobody listens on
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            os.environ["MASTER_PORT"] = str(probe.getsockname()[1])
     if device == "cpu":
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
 

@@ -9,11 +9,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+from helpers import clean_env, free_port
+
 from gradfix.verify import compare, dsconfig, worker
 
 WORKER = worker.__file__
-
-from helpers import clean_env
 
 FIRST_FIXED = "0.19.0"
 
@@ -71,7 +71,7 @@ def train(release, patched, config_items, backwards=1, world=1, user_scaled_loss
     else:
         processes = world * max(stages, 1)
         launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
-                    "--master_port", str(29500 + os.getpid() % 1000 + processes)] if processes > 1 else [sys.executable]
+                    "--master_port", str(free_port())] if processes > 1 else [sys.executable]
         argv = [*launcher, *options, "--mode", "deepspeed", "--pipeline-stages", str(stages)]
         argv += ["--user-scaled-loss"] if user_scaled_loss else []
     env = release_env(release, GRADFIX="1" if patched else "0")

@@ -6,7 +6,6 @@ or `gradfix run --`); the processes never import it themselves."""
 
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from dsrun import affected_patches, release_env, releases
+from helpers import free_port
 
 RELEASE = "0.18.2"
 PROBE = str(Path(__file__).with_name("launcher_probe.py"))
@@ -26,7 +26,7 @@ def expected_applied():
 
 
 def port():
-    return str(31000 + os.getpid() % 2000)
+    return str(free_port())
 
 
 def probe(argv, gradfix="1"):

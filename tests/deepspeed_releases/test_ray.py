@@ -13,6 +13,7 @@ import time
 import pytest
 
 from dsrun import release_env, releases
+from helpers import free_port
 from test_launchers import RELEASE, expected_applied
 
 pytestmark = [
@@ -74,7 +75,7 @@ def stop_cluster(head):
 
 @pytest.fixture(scope="module")
 def cluster():
-    head, address = start_cluster(6380 + os.getpid() % 500)
+    head, address = start_cluster(free_port())
     yield address
     stop_cluster(head)
 
@@ -133,7 +134,7 @@ def test_worker_status_of_covered_workers(cluster):
 
 def test_cluster_started_with_gradfix_run():
     """`gradfix run -- ray start --head`: a driver without GRADFIX gets covered workers."""
-    head, address = start_cluster(6900 + os.getpid() % 500, gradfix_run=True)
+    head, address = start_cluster(free_port(), gradfix_run=True)
     try:
         states, _ = driver(address, None)
     finally:

@@ -9,7 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from helpers import clean_env
+from helpers import clean_env, free_port
 
 HERE = Path(__file__).resolve().parent
 RUNNER = HERE / "sft_run.py"
@@ -54,7 +54,7 @@ def sft(release, patched, deepspeed=None, world=1, disable=None, **options):
     launcher = [sys.executable]
     if world > 1:
         launcher += ["-m", "torch.distributed.run", "--nproc_per_node", str(world),
-                     "--master_port", str(29600 + os.getpid() % 1000)]
+                     "--master_port", str(free_port())]
     env = release_env(release, deepspeed, GRADFIX="1" if patched else "0", GRADFIX_DISABLE=disable)
     with tempfile.TemporaryDirectory(prefix=f"orl-{release}-") as workdir:  # model, data, checkpoint
         argv = [*launcher, str(RUNNER), "--workdir", workdir, *flags]

@@ -28,6 +28,7 @@ import json
 import os
 import random
 import runpy
+import socket
 import sys
 import time
 
@@ -62,10 +63,14 @@ def distributed_environment():
     DeepSpeed's CPU shared-memory all-reduce off (its /dev/shm segments outlive
     processes); reductions go through gloo."""
     defaults = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
-                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(29500 + os.getpid() % 20000)}
+                "MASTER_ADDR": "127.0.0.1"}
     for name, value in defaults.items():
         os.environ.setdefault(name, value)
     os.environ["LOCAL_SIZE"] = "0"
+    if "MASTER_PORT" not in os.environ:  # any port nobody listens on
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            os.environ["MASTER_PORT"] = str(probe.getsockname()[1])
 
 
 def openrlhf_version():

@@ -4,14 +4,13 @@ with a cached DeepSpeed release) under torchrun, and reading its result."""
 import functools
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import pytest
-from helpers import clean_env
+from helpers import clean_env, free_port
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
@@ -46,12 +45,6 @@ def deepspeed_folder(release):
     if not (cache / f"ds-{release}").is_dir():
         pytest.skip(f"DeepSpeed {release} is not cached (the nox session installs it)")
     return cache / f"ds-{release}", cache / f"ext-transformers-{release}"
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @functools.lru_cache(maxsize=None)
