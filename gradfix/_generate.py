@@ -55,7 +55,8 @@ def support_table(patches: str) -> str:
     rows = ["| patch id | package | affected releases | fixed upstream in | what goes wrong | since |",
             "| --- | --- | --- | --- | --- | --- |"]
     for e in loaded.entries:
-        rows.append(f"| `{e.id}` | {e.package} | `{e.affected}` | {e.fixed_in} | {e.summary} | {e.since} |")
+        fixed = "not yet" if e.fixed_in == catalog.UNFIXED else e.fixed_in
+        rows.append(f"| `{e.id}` | {e.package} | `{e.affected}` | {fixed} | {e.summary} | {e.since} |")
     return "\n".join(rows)
 
 

@@ -20,7 +20,7 @@ SCHEMA = {
     "id": (str, "patch id, equal to the file name without .toml"),
     "package": (str, "distribution name on PyPI, e.g. deepspeed"),
     "affected": (str, "PEP 440 specifier set of the buggy releases"),
-    "fixed_in": (str, "first upstream release with the fix"),
+    "fixed_in": (str, 'first upstream release with the fix, or "none" while no release has it'),
     "summary": (str, "one line: what goes wrong"),
     "trigger": (str, "the configurations that hit the bug"),
     "effect": (str, "what the bug does to training"),
@@ -32,6 +32,8 @@ SCHEMA = {
 OPTIONAL = {
     "numerics_changed": (list, "gradfix versions whose release changed what this patch computes", ()),
 }
+#: ``fixed_in`` of a bug that no upstream release fixes yet.
+UNFIXED = "none"
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -64,6 +66,12 @@ class CatalogEntry:
 
             self._parsed = SpecifierSet(self.affected)
         return self._parsed
+
+    def upgrade_advice(self) -> str:
+        """What upgrading the package does about this bug, as a sentence."""
+        if self.fixed_in == UNFIXED:
+            return f"No {self.package} release fixes this bug yet"
+        return f"Upgrading to {self.package} >={self.fixed_in} fixes the bug upstream"
 
     def __repr__(self) -> str:
         return f"CatalogEntry({self.id!r}, {self.package} {self.affected})"
@@ -157,8 +165,8 @@ def validate(path: str, data: dict) -> CatalogEntry:
         affected = SpecifierSet(_text(data, "affected"))
     except InvalidSpecifier as exc:
         raise _Problem("affected", f"not a PEP 440 specifier set ({exc})") from None
-    fixed_in = version("fixed_in")
-    if affected.contains(fixed_in, prereleases=True):
+    fixed_in = UNFIXED if _text(data, "fixed_in") == UNFIXED else version("fixed_in")
+    if fixed_in != UNFIXED and affected.contains(fixed_in, prereleases=True):
         raise _Problem("fixed_in", f"{fixed_in} lies inside the affected range {affected}")
     upstream = data["upstream"]
     if not upstream or not all(isinstance(ref, str) and ref.strip() for ref in upstream):

@@ -98,7 +98,7 @@ def run(out: TextIO) -> int:
         elif verdict == UNSUPPORTED:
             problems.append(f"{entry.id}: {entry.package} {status.installed_version} is in the "
                             f"affected range but its code is not the known buggy code; gradfix "
-                            f"will not touch it. Upgrade to {entry.package}>={entry.fixed_in}.")
+                            f"will not touch it. {entry.upgrade_advice()}.")
         elif verdict == ERROR:
             problems.append(f"{entry.id}: {status.reason}")
         elif verdict == DISABLED and status.installed_version:

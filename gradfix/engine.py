@@ -204,7 +204,7 @@ def _code_gate(record, module):
                    f"to use gradfix's instead, load it without the other patch")
     elif probe.verdict == CodeVerdict.UNCORRECTABLE:
         record.set(State.UNSUPPORTED, f"{package} has this bug and gradfix cannot correct it here: "
-                   f"{probe.detail}. Upgrading to {entry.package} >={entry.fixed_in} fixes it upstream")
+                   f"{probe.detail}. {entry.upgrade_advice()}")
     elif record.version_verdict == VersionVerdict.UNCERTAIN and not plausibly_affected(
         record.installed_version, entry.affected_set
     ):
@@ -212,8 +212,7 @@ def _code_gate(record, module):
                    f"{entry.affected} and its code is not the known buggy code{detail}")
     else:
         record.set(State.UNSUPPORTED, f"{package} is not the known buggy code{detail}; "
-                   f"gradfix leaves it alone. Upgrading to {entry.package} "
-                   f">={entry.fixed_in} fixes the bug upstream")
+                   f"gradfix leaves it alone. {entry.upgrade_advice()}")
     return None
 
 

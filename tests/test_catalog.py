@@ -43,6 +43,13 @@ def test_valid_entry(tmp_path):
     assert entry.affected_set.contains("1.5") and not entry.affected_set.contains("2.0")
     assert entry.affected == ">=1.0,<2.0"  # lower bound first, as written
     assert entry.fixed_in == "2.0" and entry.upstream == ("demo#1",)
+    assert entry.upgrade_advice() == "Upgrading to demo >=2.0 fixes the bug upstream"
+
+
+def test_bug_without_an_upstream_fix(tmp_path):
+    entry = catalog.load_file(write(tmp_path, dict(VALID, affected=">=1.0", fixed_in="none")))
+    assert entry.fixed_in == catalog.UNFIXED and entry.affected_set.contains("99.0")
+    assert entry.upgrade_advice() == "No demo release fixes this bug yet"
 
 
 @pytest.mark.parametrize(
