@@ -22,7 +22,8 @@ CACHE = Path(os.environ.get("GRADFIX_CACHE", Path.home() / ".cache" / "gradfix")
 
 nox.options.envdir = str(CACHE / "nox")
 nox.options.reuse_existing_virtualenvs = True
-nox.options.sessions = ["tests", "tests_wrapt1", "tests_oldest_python", "deepspeed", "openrlhf", "transformers"]
+nox.options.sessions = ["tests", "tests_wrapt1", "tests_oldest_python", "deepspeed", "openrlhf", "transformers",
+                        "llamafactory"]
 nox.options.error_on_missing_interpreters = False
 
 TEST_REQUIREMENTS = ["pytest>=7", "packaging>=21"]
@@ -250,6 +251,41 @@ def transformers(session):
                     "GRADFIX_TRL_CUSTOM_LOSS_RELEASES": json.dumps(
                         {release: str(CACHE / "trl" / f"trl-alone-{release}") for release in TRL_CUSTOM_LOSS_RELEASES}),
                     "GRADFIX_CACHE": str(CACHE)})
+
+
+# LLaMA-Factory release -> (what its folder holds besides it, the DeepSpeed release of its
+# DeepSpeed runs). The venv holds 0.9.3 (the first release with lf-mm-token-sum) and the stack
+# pip resolves for it: transformers 4.52.4 (hf-dp-token-average affected) and DeepSpeed 0.16.9,
+# the newest it allows (ds-zero2-offload-ga affected). 0.9.5, the newest release, shadows it
+# with transformers 4.57.6 and the accelerate, peft and TRL it allows; DeepSpeed 0.18.2.
+LLAMAFACTORY_VENV = ["llamafactory==0.9.3", "transformers==4.52.4", "accelerate==1.7.0", "peft==0.15.2",
+                     "datasets==3.6.0", "tokenizers==0.21.1", "pyarrow<21"]  # pyarrow 21+ needs numpy 2; 0.9.3 pins < 2
+LLAMAFACTORY_RELEASES = {
+    "0.9.3": ([], "0.16.9"),
+    "0.9.5": (["transformers==4.57.6", "huggingface-hub==0.36.0", "tokenizers==0.22.1", "accelerate==1.11.0",
+               "peft==0.18.1", "trl==0.24.0"], "0.18.2"),
+}
+
+
+@nox.session(python="3.11")
+def llamafactory(session):
+    """Real LLaMA-Factory releases through `llamafactory-cli train` on CPU: multimodal
+    (processor) SFT, DeepSpeed ZeRO-2 with CPU offload on two ranks. 0.9.3 in the venv,
+    newer releases in folders under ~/.cache/gradfix/llamafactory."""
+    install_cached(session, "torch==2.13.0", group="torch")  # alone first: the local CPU wheel
+    install_cached(session, *TEST_REQUIREMENTS, "pytest-xdist", "wrapt>=2,<3", *DEEPSPEED_DEPENDENCIES,
+                   *LLAMAFACTORY_VENV)
+    install_gradfix(session)
+    install_deepspeed_releases(session, sorted({deepspeed for _, deepspeed in LLAMAFACTORY_RELEASES.values()}))
+    stacks = {}
+    for release, (extras, deepspeed) in LLAMAFACTORY_RELEASES.items():
+        folder = ""
+        if extras:
+            folder = str(CACHE / "llamafactory" / f"lf-{release}")
+            install_into_folder(session, Path(folder), f"llamafactory=={release}", *extras)
+        stacks[release] = {"folder": folder, "deepspeed": deepspeed}
+    session.run("pytest", "-q", "-n", str(min(os.cpu_count() or 1, 2)), "tests/llamafactory_releases",
+                *session.posargs, env={"GRADFIX_LF_RELEASES": json.dumps(stacks), "GRADFIX_CACHE": str(CACHE)})
 
 
 @nox.session(python="3.11")

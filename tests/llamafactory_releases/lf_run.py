@@ -21,6 +21,7 @@ the order the sampler picks. Prints ``RESULT {json}`` with the relative update e
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -185,9 +186,11 @@ def main():
     applied = {name: final[name] - initial[name] for name in expected}
     difference = torch.sqrt(sum(((applied[n] - expected[n]) ** 2).sum() for n in expected))
     size = torch.sqrt(sum((expected[n] ** 2).sum() for n in expected))
-    steps = [line for line in output.splitlines() if "'loss':" in line or '"loss":' in line]
-    print("RESULT " + json.dumps({"update_error": float(difference / size), "steps_logged": len(steps),
-                                  "evidence": [line for line in output.splitlines() if line.startswith("gradfix [rank")],
+    lines = output.splitlines()
+    logged = [float(found) for found in re.findall(r"'loss': ([0-9.]+)", output)]  # Trainer's per-step log
+    print("RESULT " + json.dumps({"update_error": float(difference / size), "logged_losses": logged,
+                                  "evidence": [line for line in lines if line.startswith("gradfix [rank")],
+                                  "notes": [line for line in lines if line.startswith("gradfix: lf-")],
                                   **facts}))
 
 
