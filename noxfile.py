@@ -289,6 +289,31 @@ def llamafactory(session):
 
 
 @nox.session(python="3.11")
+def sweep(session):
+    """Release sweep of DeepSpeed: every release from 0.14.0 through each patch's gates, into
+    patches/sweep.json (not part of the default run: it installs every release; run it when
+    patches or releases change, then commit the table and `python -m gradfix._generate`)."""
+    install_cached(session, "torch==2.13.0", group="torch")  # alone first: the local CPU wheel
+    install_cached(session, *TEST_REQUIREMENTS, "wrapt>=2,<3", *DEEPSPEED_DEPENDENCIES)
+    install_gradfix(session)
+    session.run("python", "tests/release_sweep/sweep.py", "deepspeed", "--since", "0.14.0", *session.posargs)
+
+
+@nox.session(python=False)
+def sweep_llamafactory(session):
+    """Release sweep of LLaMA-Factory 0.8.0 and later, in the `llamafactory` session's
+    environment (run that session first): 0.9.3 and older on its transformers 4.52.4, newer
+    releases on the 0.9.5 folder's transformers 4.57.6."""
+    python = CACHE / "nox" / "llamafactory" / "bin" / "python"
+    if not python.exists():
+        session.error("run `python -m nox -s llamafactory` first: the sweep uses its environment")
+    script = ["tests/release_sweep/sweep.py", "llamafactory"]
+    session.run(str(python), *script, "--since", "0.8.0", "--until", "0.9.3", external=True)
+    session.run(str(python), *script, "--since", "0.9.4", "--stack", str(CACHE / "llamafactory" / "lf-0.9.5"),
+                "--stack", str(HERE / "tests" / "llamafactory_releases" / "stubs"), external=True)
+
+
+@nox.session(python="3.11")
 def bench_deepspeed(session):
     """Step time of patched buggy DeepSpeed vs the first fixed release (needs the
     releases the `deepspeed` session installs; not part of the default run)."""

@@ -48,15 +48,44 @@ def index_text(patches: str) -> str:
     return "\n".join(lines)
 
 
+def load_sweep(patches: str) -> dict:
+    """patches/sweep.json, the release sweep's verdicts (tests/release_sweep/sweep.py)."""
+    import json
+
+    path = os.path.join(patches, "sweep.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def verdict_name(cell) -> str:
+    """A sweep cell is a verdict, or {"verdict": ..., "reason": ...}."""
+    return cell if isinstance(cell, str) else cell["verdict"]
+
+
+def sweep_cell(entry, sweep: dict) -> str:
+    """Which releases the sweep checked for this patch, and where it applies."""
+    rows = sweep.get(entry.package, {}).get("releases", {})
+    checked = [release for release, verdicts in rows.items() if entry.id in verdicts]
+    if not checked:
+        return "not swept yet"
+    applies = [r for r in checked if verdict_name(rows[r][entry.id]) == "applies"]
+    where = f"{applies[0]}–{applies[-1]}" if len(applies) > 1 else (applies[0] if applies else "none")
+    return f"{len(checked)} ({checked[0]}–{checked[-1]}); applies: {len(applies)} ({where})"
+
+
 def support_table(patches: str) -> str:
     loaded = _checked_catalog(patches)
     if not loaded.entries:
         return "No patches yet: the catalog is empty."
-    rows = ["| patch id | package | affected releases | fixed upstream in | what goes wrong | since |",
-            "| --- | --- | --- | --- | --- | --- |"]
+    sweep = load_sweep(patches)
+    rows = ["| patch id | package | affected releases | fixed upstream in | what goes wrong | releases checked | since |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]
     for e in loaded.entries:
         fixed = "not yet" if e.fixed_in == catalog.UNFIXED else e.fixed_in
-        rows.append(f"| `{e.id}` | {e.package} | `{e.affected}` | {fixed} | {e.summary} | {e.since} |")
+        rows.append(f"| `{e.id}` | {e.package} | `{e.affected}` | {fixed} | {e.summary} | {sweep_cell(e, sweep)} "
+                    f"| {e.since} |")
     return "\n".join(rows)
 
 

@@ -31,6 +31,7 @@ SCHEMA = {
 #: optional field -> (type, description, default).
 OPTIONAL = {
     "numerics_changed": (list, "gradfix versions whose release changed what this patch computes", ()),
+    "unpatched": (list, "releases inside `affected` that gradfix knowingly leaves alone, each 'SPECIFIERS: why'", ()),
 }
 #: ``fixed_in`` of a bug that no upstream release fixes yet.
 UNFIXED = "none"
@@ -66,6 +67,16 @@ class CatalogEntry:
 
             self._parsed = SpecifierSet(self.affected)
         return self._parsed
+
+    def unpatched_reason(self, release: str) -> str:
+        """Why gradfix leaves ``release`` (inside ``affected``) alone, from ``unpatched``; "" if not."""
+        from packaging.specifiers import SpecifierSet
+
+        for item in self.unpatched:
+            specifiers, _, why = item.partition(":")
+            if SpecifierSet(specifiers).contains(release, prereleases=True):
+                return why.strip()
+        return ""
 
     def upgrade_advice(self) -> str:
         """What upgrading the package does about this bug, as a sentence."""
@@ -184,8 +195,20 @@ def validate(path: str, data: dict) -> CatalogEntry:
     changed_versions = [version_of("numerics_changed", v) for v in changed]
     if any(v <= since for v in changed_versions):
         raise _Problem("numerics_changed", f"every version must be later than since = {since}")
+    unpatched = data.get("unpatched", [])
+    if not isinstance(unpatched, list) or not all(isinstance(v, str) and ":" in v for v in unpatched):
+        raise _Problem("unpatched", "must be a list of 'SPECIFIERS: why' strings")
+    for item in unpatched:
+        specifiers, _, why = item.partition(":")
+        try:
+            SpecifierSet(specifiers)
+        except InvalidSpecifier as exc:
+            raise _Problem("unpatched", f"{specifiers!r} is not a PEP 440 specifier set ({exc})") from None
+        if not why.strip():
+            raise _Problem("unpatched", f"{item!r} does not say why")
     fields.update(affected=",".join(specs), fixed_in=str(fixed_in), since=str(since),
-                  upstream=[ref.strip() for ref in upstream], numerics_changed=[str(v) for v in changed_versions])
+                  upstream=[ref.strip() for ref in upstream], numerics_changed=[str(v) for v in changed_versions],
+                  unpatched=[item.strip() for item in unpatched])
     return CatalogEntry(fields, path)
 
 

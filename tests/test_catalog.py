@@ -46,6 +46,15 @@ def test_valid_entry(tmp_path):
     assert entry.upgrade_advice() == "Upgrading to demo >=2.0 fixes the bug upstream"
 
 
+def test_unpatched_releases_say_why(tmp_path):
+    entry = catalog.load_file(write(tmp_path, dict(VALID, unpatched=["<1.2: the old loss class"])))
+    assert entry.unpatched_reason("1.1") == "the old loss class" and entry.unpatched_reason("1.5") == ""
+    for bad, words in ((["<1.2"], "SPECIFIERS: why"), (["<<1: x"], "specifier"), (["<1.2:  "], "does not say why")):
+        with pytest.raises(catalog.CatalogError) as info:
+            catalog.load_file(write(tmp_path, dict(VALID, unpatched=bad)))
+        assert info.value.problem.field == "unpatched" and words in info.value.problem.message
+
+
 def test_bug_without_an_upstream_fix(tmp_path):
     entry = catalog.load_file(write(tmp_path, dict(VALID, affected=">=1.0", fixed_in="none")))
     assert entry.fixed_in == catalog.UNFIXED and entry.affected_set.contains("99.0")
