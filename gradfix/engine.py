@@ -188,7 +188,8 @@ def _code_gate(record, module):
     entry, fix = record.entry, record.fix
     package = f"{entry.package} {record.installed_version or '(no version metadata)'}"
     try:
-        probe = fix.probe(module)
+        replaced = fix.replaced(module)
+        probe = Probe(CodeVerdict.CONFLICT, replaced) if replaced else fix.probe(module)
     except Exception as exc:
         probe = Probe(CodeVerdict.UNKNOWN, f"the code probe raised {type(exc).__name__}: {exc}")
     if not isinstance(probe, Probe):

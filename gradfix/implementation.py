@@ -20,6 +20,14 @@ Optional, for the runtime evidence in ``gradfix.status()`` and the exit report:
 ``UNREACHED``
     Why a patch can be applied and never run, e.g. ``"this run does not use
     optimizer offload with GA >= 3"``.
+
+Optional, for the conflict check that runs before the probe:
+
+``REPLACES``
+    The methods the fix wraps, as ``"Class.method"`` names inside the target
+    module. When another package (Unsloth, Liger-Kernel, Axolotl, a hand-made fix)
+    has already replaced one of them, the patch is reported ``conflict`` and not
+    applied, whatever the probe would say of the replacement.
 """
 
 import importlib
@@ -30,12 +38,25 @@ class ImplementationError(Exception):
 
 
 class Fix:
-    __slots__ = ("module_name", "target", "probe", "apply", "hits_unit", "unreached")
+    __slots__ = ("module_name", "target", "probe", "apply", "hits_unit", "unreached", "replaces")
 
     def __init__(self, module_name, target, probe, apply, hits_unit="times",
-                 unreached="the buggy path did not run"):
+                 unreached="the buggy path did not run", replaces=()):
         self.module_name, self.target, self.probe, self.apply = module_name, target, probe, apply
-        self.hits_unit, self.unreached = hits_unit, unreached
+        self.hits_unit, self.unreached, self.replaces = hits_unit, unreached, tuple(replaces)
+
+    def replaced(self, module) -> str:
+        """Which of ``replaces`` someone else already replaced in ``module``, in words ("" if none)."""
+        from .origin import replaced_by
+
+        for name in self.replaces:
+            owner_name, _, method = name.rpartition(".")
+            owner = getattr(module, owner_name, None)
+            if isinstance(owner, type) and method in vars(owner):
+                other = replaced_by(owner, vars(owner)[method])
+                if other:
+                    return f"{name} was replaced by {other}"
+        return ""
 
     def evidence(self, hits: int) -> str:
         """What an APPLIED patch did in this process, in words."""
@@ -58,7 +79,10 @@ def load(dotted: str) -> Fix:
             raise ImplementationError(f"{dotted} must define a function {name}()")
     words = {name: getattr(module, attribute) for name, attribute in (("hits_unit", "HITS"), ("unreached", "UNREACHED"))
              if isinstance(getattr(module, attribute, None), str)}
-    return Fix(dotted, target, module.probe, module.apply, **words)
+    replaces = getattr(module, "REPLACES", ())
+    if isinstance(replaces, str) or not all(isinstance(n, str) and "." in n for n in replaces):
+        raise ImplementationError(f"{dotted}.REPLACES must be a tuple of 'Class.method' names")
+    return Fix(dotted, target, module.probe, module.apply, replaces=replaces, **words)
 
 
 def fix_modules(package: str):

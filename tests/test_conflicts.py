@@ -100,3 +100,24 @@ def test_other_patcher_first_gives_conflict_and_its_own_numbers(run_python):
     strict = run_python(OTHER_PATCHER + "import gradfix\n" + WORKLOAD, env={"GRADFIX_STRICT": "1"})
     assert strict.returncode != 0 and PATCH_ID in strict.stderr
 
+
+
+# A hand-made fix replaces Accumulator.add with a function of its own module: the
+# behavioural probe would judge the replacement; REPLACES makes the gate see whose it is.
+HAND_MADE_FIX = """
+import types, gftoy.accum
+def add(self, grad):
+    self.total += 2 * grad  # not gftoy's code, whatever it computes
+    self.micro_step += 1
+handfix = types.ModuleType("handfix")
+add.__module__ = "handfix"
+gftoy.accum.Accumulator.add = add
+"""
+
+
+def test_a_replaced_method_is_a_conflict_before_the_probe(run_python):
+    run = run_python(HAND_MADE_FIX + "import gradfix\n" + STATUS)
+    assert run.returncode == 0
+    state, reason = run.value("STATUS")[PATCH_ID]
+    assert state == "conflict", reason
+    assert "Accumulator.add was replaced by code from handfix" in reason

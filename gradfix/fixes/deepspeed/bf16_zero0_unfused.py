@@ -23,6 +23,7 @@ TARGET = "deepspeed.runtime.engine"  # imports FP16_UnfusedOptimizer by name
 ENGINE = "DeepSpeedEngine"
 OPTIMIZER = "FP16_UnfusedOptimizer"
 STEP = "_take_model_step"
+REPLACES = (f"{OPTIMIZER}.__init__", f"{ENGINE}.{STEP}")
 HITS = "optimizer steps"
 UNREACHED = "no bf16 run without ZeRO (stage 0) took an optimizer step"
 UNIT_SCALE = "_gradfix_bf16_unit_scale"  # set on the optimizers this fix gave a loss scale of 1

@@ -20,6 +20,7 @@ TARGET = "deepspeed.runtime.engine"  # imports BF16_Optimizer by name
 ENGINE = "DeepSpeedEngine"
 METHOD = "_backward_epilogue"
 OPTIMIZER = "BF16_Optimizer"
+REPLACES = (f"{ENGINE}.{METHOD}",)
 HITS = "accumulation boundaries on several data-parallel ranks"
 UNREACHED = ("no bf16 + fp32 gradient accumulation + ZeRO-1 run reduced over several data-parallel ranks "
              "(a single rank is not affected)")

@@ -29,6 +29,7 @@ BACKWARD_PASS = "_exec_backward_pass"  # PipelineEngine's own: the last stage ca
 # (PipelineEngine dispatches its schedule through a table of the functions as defined,
 # so wrapping _exec_backward_pass itself would never run: the fix wraps what it calls.)
 OUTPUT_HOOK = "_backward_prologue_per_tensor"  # DeepSpeedEngine's, 0.18.3 and later
+REPLACES = (f"DeepSpeedEngine.{OUTPUT_HOOK}", "DeepSpeedEngine.backward")  # the base class, as the pipe module imports it
 # 0.16.0-0.18.2: the 1/GA scaling of the loss, in backward() or _backward_prologue(), waits for allreduce.
 GATED_SCALING = (r"do_gradient_reduction\s*=\s*self\.enable_backward_allreduce\b",
                  r"if\s+do_gradient_reduction\s+and\s+self\.gradient_accumulation_steps\(\)\s*>\s*1\s+and\s+scale_wrt_gas")

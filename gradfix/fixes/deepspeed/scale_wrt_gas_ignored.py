@@ -14,6 +14,7 @@ from gradfix import gates
 TARGET = "deepspeed.runtime.engine"
 ENGINE = "DeepSpeedEngine"
 HOOK = "_backward_prologue_per_tensor"
+REPLACES = (f"{ENGINE}.backward", f"{ENGINE}.{HOOK}")
 FLAG = "_gradfix_scale_wrt_gas"  # the flag of the latest backward() call (0.18.4 keeps it the same way)
 HITS = "backward() calls with scale_wrt_gas=False"
 UNREACHED = "no engine.backward(..., scale_wrt_gas=False) with gradient_accumulation_steps > 1 ran"

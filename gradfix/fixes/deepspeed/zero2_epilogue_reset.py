@@ -25,6 +25,7 @@ from ._zero import missing, optimizer_class, own_function, probe_failed, stand_i
 TARGET = _zero.TARGET  # the module whose import triggers this patch
 METHOD = "independent_gradient_partition_epilogue"
 FETCH = "get_all_grad_tensors"
+REPLACES = (f"{_zero.CLASS}.{METHOD}", f"{_zero.CLASS}.{FETCH}")
 HITS = "accumulation micro-steps"
 UNREACHED = "no ZeRO-2 run without optimizer offload accumulated several micro-batches"
 

@@ -23,6 +23,7 @@ from ._zero import (MicroStepCounter, at_boundary, low_precision_master, missing
 
 TARGET = _zero.TARGET  # the module whose import triggers this patch
 METHOD = "async_accumulate_grad_in_cpu_via_gpu"
+REPLACES = (f"{_zero.CLASS}.{METHOD}",)
 HITS = "accumulation micro-steps"
 UNREACHED = "no ZeRO-2 optimizer offload with gradient_accumulation_steps >= 3 ran"
 

@@ -20,6 +20,7 @@ from ._zero import (MicroStepCounter, at_boundary, missing, optimizer_class, own
 TARGET = _zero.TARGET  # the module whose import triggers this patch
 METHOD = "copy_grads_in_partition"
 ACCUMULATE = "async_accumulate_grad_in_cpu_via_gpu"
+REPLACES = (f"{_zero.CLASS}.{METHOD}",)
 HITS = "backward passes"
 UNREACHED = "no optimizer offload run with several backward() per step and gradient_accumulation_steps = 1"
 

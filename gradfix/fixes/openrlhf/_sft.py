@@ -14,6 +14,7 @@ from gradfix import gates, report
 from . import _window
 
 TARGET = "openrlhf.trainer.sft_trainer"
+REPLACES = ("SFTTrainer.fit", "SFTTrainer.evaluate", "SFTLoss.forward")  # what apply_with wraps
 HITS = "optimizer windows (loss normalised by the window's token count)"
 UNREACHED = "no OpenRLHF SFT training step ran"
 

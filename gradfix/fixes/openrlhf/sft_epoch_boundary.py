@@ -13,6 +13,7 @@ normalisers are replaced by those of the real window.
 from . import _sft
 
 TARGET = _sft.TARGET
+REPLACES = _sft.REPLACES
 HITS = "optimizer windows (aligned with DeepSpeed's across epochs)"
 UNREACHED = _sft.UNREACHED
 # 0.10.4-0.11.1: windows made per epoch straight from the dataloader; 0.11.2 keeps a

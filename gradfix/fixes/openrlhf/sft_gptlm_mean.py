@@ -13,6 +13,7 @@ from gradfix import gates
 from . import _sft
 
 TARGET = _sft.TARGET
+REPLACES = ("SFTTrainer.fit",)
 MARKS = ["self.loss_fn(output.logits, labels)", "self.loss_fn.IGNORE_INDEX"]
 ADVICE = ("each micro-batch's loss is a mean over its own tokens, and this release builds its labels inside "
           "SFTTrainer.fit, so the token count of an optimizer window cannot be known before training it. "

@@ -12,6 +12,7 @@ sequences / GA).
 from . import _sft
 
 TARGET = _sft.TARGET
+REPLACES = _sft.REPLACES
 HITS, UNREACHED = _sft.HITS, _sft.UNREACHED
 CALL = "self.loss_fn(per_token_log_probs, loss_mask[:, :-1])"
 

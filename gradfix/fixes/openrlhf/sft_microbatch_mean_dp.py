@@ -12,6 +12,7 @@ so the rank correction is not applied twice.
 from . import _sft
 
 TARGET = _sft.TARGET
+REPLACES = _sft.REPLACES
 HITS, UNREACHED = _sft.HITS, _sft.UNREACHED
 CALL = "**get_loss_batch_info(self.strategy, shifted_loss_mask)"
 
