@@ -72,7 +72,17 @@ def sweep_cell(entry, sweep: dict) -> str:
         return "not swept yet"
     applies = [r for r in checked if verdict_name(rows[r][entry.id]) == "applies"]
     where = f"{applies[0]}–{applies[-1]}" if len(applies) > 1 else (applies[0] if applies else "none")
-    return f"{len(checked)} ({checked[0]}–{checked[-1]}); applies: {len(applies)} ({where})"
+    cell = f"{len(checked)} ({checked[0]}–{checked[-1]}); applies: {len(applies)} ({where})"
+    unimportable = [r for r in checked if not_importable(rows[r][entry.id])]
+    if unimportable:
+        cell += f"; {len(unimportable)} not importable with the sweep's torch ({', '.join(unimportable)})"
+    return cell
+
+
+def not_importable(cell) -> bool:
+    """A release the sweep could not judge: its target module does not import in the
+    sweep's environment (e.g. an old DeepSpeed with a newer torch)."""
+    return verdict_name(cell) == "error" and cell["reason"].startswith("cannot import")
 
 
 def support_table(patches: str) -> str:
