@@ -66,7 +66,10 @@ def assess(package, release, stack):
     """{patch id: verdict (and reason where it matters)} for one release."""
     folder = install(package, release)
     env = {k: v for k, v in os.environ.items() if not k.startswith("GRADFIX") and k != "PYTHONPATH"}
-    env.update(PYTHONPATH=os.pathsep.join([str(folder), *stack]), DS_ACCELERATOR="cpu", GRADFIX_LOG="error")
+    # DISABLE_VERSION_CHECK: LLaMA-Factory refuses to import beside a transformers outside its pins;
+    # the gates read the code, whichever transformers carries it.
+    env.update(PYTHONPATH=os.pathsep.join([str(folder), *stack]), DS_ACCELERATOR="cpu", GRADFIX_LOG="error",
+               DISABLE_VERSION_CHECK="1")
     proc = subprocess.run([sys.executable, "-m", "gradfix", "list", "--json"], env=env, capture_output=True,
                           text=True, timeout=600, cwd=str(CACHE))
     lines = proc.stdout.splitlines()
@@ -98,7 +101,8 @@ def main():
                 if r >= Version(args.since) and (newest is None or r <= newest)]
     CACHE.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(args.jobs) as pool:
-        results = dict(pool.map(lambda release: assess(args.package, release, args.stack), releases))
+        stack = [str(Path(folder).resolve()) for folder in args.stack]  # the checks run elsewhere
+        results = dict(pool.map(lambda release: assess(args.package, release, stack), releases))
     table = json.loads(TABLE.read_text()) if TABLE.exists() else {}
     import torch
 
