@@ -109,12 +109,20 @@ def _install(module, patcher, class_name):
     def normalise_over_window(wrapped, trainer, args, kwargs):
         result = wrapped(*args, **kwargs)
         processor = kwargs.get("processor", args[1] if len(args) > 1 else None)
+        try:  # inside the user's trainer construction: never raise into it
+            _give_window_loss(trainer, processor)
+        except Exception as exc:
+            report.warning(f"gradfix: lf-mm-token-sum could not install its loss ({exc!r}); each micro-batch "
+                           "of this multimodal run keeps LLaMA-Factory's own mean")
+        return result
+
+    def _give_window_loss(trainer, processor):
         why = _why_left_alone(trainer, processor)
         if why:
             _report_once(why, f"gradfix: lf-mm-token-sum: left alone: {why}; each micro-batch of this "
                          "multimodal run keeps LLaMA-Factory's own mean")
         if why is not None:
-            return result
+            return
         factor = _ranks_factor(trainer)
 
         def loss_over_window(outputs, labels, num_items_in_batch=None):
@@ -128,7 +136,6 @@ def _install(module, patcher, class_name):
         trainer.compute_loss_func = loss_over_window
         _report_once("on", f"gradfix: lf-mm-token-sum: {class_name} of a multimodal run normalises each "
                      "micro-batch by the target tokens of the whole optimizer window, as a text-only run does")
-        return result
 
     patcher.wrap(cls, "__init__", normalise_over_window)
 
