@@ -313,6 +313,27 @@ def sweep_llamafactory(session):
                 "--stack", str(HERE / "tests" / "llamafactory_releases" / "stubs"), external=True)
 
 
+# transformers releases -> a folder whose tokenizers, huggingface-hub and accelerate they import
+# with (the `transformers` session's folders; the release itself is put in front of it).
+TRANSFORMERS_SWEEP = [("4.45.0", "4.47.1", "transformers/tf-4.46.2"), ("4.48.0", "4.53.3", "transformers/tf-4.51.3"),
+                      ("4.54.0", "4.55.4", "transformers/tf-4.53.3"), ("4.56.0", "4.57.6", "trl/trl-0.22.2"),
+                      ("5.0.0", None, None)]
+
+
+@nox.session(python=False)
+def sweep_transformers(session):
+    """Release sweep of transformers 4.45.0 and later, in the `transformers` session's
+    environment (run that session first; 5.x on the venv's own stack)."""
+    python = CACHE / "nox" / "transformers" / "bin" / "python"
+    if not python.exists():
+        session.error("run `python -m nox -s transformers` first: the sweep uses its environment")
+    for since, until, stack in TRANSFORMERS_SWEEP:
+        options = ["--since", since]
+        options += ["--until", until] if until else []
+        options += ["--stack", str(CACHE / stack)] if stack else []
+        session.run(str(python), "tests/release_sweep/sweep.py", "transformers", *options, external=True)
+
+
 @nox.session(python="3.11")
 def bench_deepspeed(session):
     """Step time of patched buggy DeepSpeed vs the first fixed release (needs the
