@@ -315,7 +315,7 @@ def sweep_llamafactory(session):
 
 # transformers releases -> a folder whose tokenizers, huggingface-hub and accelerate they import
 # with (the `transformers` session's folders; the release itself is put in front of it).
-TRANSFORMERS_SWEEP = [("4.45.0", "4.47.1", "transformers/tf-4.46.2"), ("4.48.0", "4.53.3", "transformers/tf-4.51.3"),
+TRANSFORMERS_SWEEP = [("4.45.0", "4.46.3", "transformers/tf-4.46.2"), ("4.47.0", "4.53.3", "transformers/tf-4.51.3"),
                       ("4.54.0", "4.55.4", "transformers/tf-4.53.3"), ("4.56.0", "4.57.6", "trl/trl-0.22.2"),
                       ("5.0.0", None, None)]
 
