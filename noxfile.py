@@ -334,6 +334,29 @@ def sweep_transformers(session):
         session.run(str(python), "tests/release_sweep/sweep.py", "transformers", *options, external=True)
 
 
+# OpenRLHF releases -> the tested release whose folder (transformers pin) they import with, and
+# the DeepSpeed release beside it (the `openrlhf` session's folders).
+OPENRLHF_SWEEP = [("0.5.0", "0.6.4.post99", "0.6.4"), ("0.7.0", "0.7.5.post99", "0.7.5"),
+                  ("0.8.0", "0.8.11.post99", "0.8.11"), ("0.9.0", "0.9.10.post99", "0.9.10"),
+                  ("0.10.0", "0.10.3.post99", "0.10.3"), ("0.10.4", None, "0.11.2")]
+
+
+@nox.session(python=False)
+def sweep_openrlhf(session):
+    """Release sweep of OpenRLHF 0.5.0 and later, in the `openrlhf` session's environment
+    (run that session first), with the import-only flash-attn and vLLM stand-ins."""
+    python = CACHE / "nox" / "openrlhf" / "bin" / "python"
+    if not python.exists():
+        session.error("run `python -m nox -s openrlhf` first: the sweep uses its environment")
+    stubs = HERE / "tests" / "openrlhf_releases" / "stubs"
+    for since, until, tested in OPENRLHF_SWEEP:
+        deepspeed = OPENRLHF_RELEASES[tested][1]
+        options = ["--since", since, *(["--until", until] if until else []), "--stack", str(stubs),
+                   "--stack", str(CACHE / "openrlhf" / f"orl-{tested}"),
+                   "--stack", str(CACHE / "deepspeed" / f"ds-{deepspeed}")]
+        session.run(str(python), "tests/release_sweep/sweep.py", "openrlhf", *options, external=True)
+
+
 @nox.session(python="3.11")
 def bench_deepspeed(session):
     """Step time of patched buggy DeepSpeed vs the first fixed release (needs the

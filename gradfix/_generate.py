@@ -73,9 +73,13 @@ def sweep_cell(entry, sweep: dict) -> str:
     applies = [r for r in checked if verdict_name(rows[r][entry.id]) == "applies"]
     where = f"{applies[0]}–{applies[-1]}" if len(applies) > 1 else (applies[0] if applies else "none")
     cell = f"{len(checked)} ({checked[0]}–{checked[-1]}); applies: {len(applies)} ({where})"
+    reported = [r for r in checked
+                if verdict_name(rows[r][entry.id]) == "unsupported" and entry.unpatched_reason(r)]
+    if reported:
+        cell += f"; reported, not patched (see `unpatched`): {len(reported)} ({reported[0]}–{reported[-1]})"
     unimportable = [r for r in checked if not_importable(rows[r][entry.id])]
     if unimportable:
-        cell += f"; {len(unimportable)} not importable with the sweep's torch ({', '.join(unimportable)})"
+        cell += f"; {len(unimportable)} not importable in the sweep's environment ({', '.join(unimportable)})"
     return cell
 
 
