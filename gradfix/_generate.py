@@ -94,8 +94,9 @@ def support_table(patches: str) -> str:
     if not loaded.entries:
         return "No patches yet: the catalog is empty."
     sweep = load_sweep(patches)
-    rows = ["| patch id | package | affected releases | fixed upstream in | what goes wrong | releases checked | since |",
-            "| --- | --- | --- | --- | --- | --- | --- |"]
+    columns = ["patch id", "package", "affected releases", "fixed upstream in", "what goes wrong",
+               "releases checked", "since"]
+    rows = ["| " + " | ".join(columns) + " |", "| " + " | ".join("---" for _ in columns) + " |"]
     for e in loaded.entries:
         fixed = "not yet" if e.fixed_in == catalog.UNFIXED else e.fixed_in
         rows.append(f"| `{e.id}` | {e.package} | `{e.affected}` | {fixed} | {e.summary} | {sweep_cell(e, sweep)} "
