@@ -85,6 +85,17 @@ def info(message: str) -> None:
     _emit(INFO if _speaks() else DEBUG, message)
 
 
+_said_once = set()
+
+
+def info_once(message: str) -> None:
+    """``info`` the first time this process says ``message``, nothing after (a fix's
+    note that would otherwise repeat for every trainer or argument object built)."""
+    if message not in _said_once:
+        _said_once.add(message)
+        info(message)
+
+
 def warning(message: str) -> None:
     _emit(WARNING if _speaks() else DEBUG, message)
 

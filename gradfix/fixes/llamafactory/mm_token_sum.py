@@ -32,14 +32,6 @@ UNREACHED = "no multimodal (processor) SFT or PT trainer was built"
 FINGERPRINT = ("if processor is not None:", "self.model_accepts_loss_kwargs = False")
 CLASSES = {TARGET: "CustomSeq2SeqTrainer", PRETRAINING: "CustomTrainer"}
 
-_reported = set()
-
-
-def _report_once(key, message):
-    if key not in _reported:
-        _reported.add(key)
-        report.info(message)
-
 
 def _probe_class(module, name):
     source = method_source(getattr(module, name, None), "__init__")
@@ -119,7 +111,7 @@ def _install(module, patcher, class_name):
     def _give_window_loss(trainer, processor):
         why = _why_left_alone(trainer, processor)
         if why:
-            _report_once(why, f"gradfix: lf-mm-token-sum: left alone: {why}; each micro-batch of this "
+            report.info_once(f"gradfix: lf-mm-token-sum: left alone: {why}; each micro-batch of this "
                          "multimodal run keeps LLaMA-Factory's own mean")
         if why is not None:
             return
@@ -134,7 +126,7 @@ def _install(module, patcher, class_name):
             return loss
 
         trainer.compute_loss_func = loss_over_window
-        _report_once("on", f"gradfix: lf-mm-token-sum: {class_name} of a multimodal run normalises each "
+        report.info_once(f"gradfix: lf-mm-token-sum: {class_name} of a multimodal run normalises each "
                      "micro-batch by the target tokens of the whole optimizer window, as a text-only run does")
 
     patcher.wrap(cls, "__init__", normalise_over_window)

@@ -34,14 +34,7 @@ TURNED_ON = "_gradfix_token_average_on"  # True where gradfix turned the option 
 HITS = "TrainingArguments for several data-parallel ranks (now averaging tokens across them)"
 UNREACHED = "no TrainingArguments with the default setting were built for several data-parallel ranks"
 
-_reported = set()
 _watching = weakref.WeakSet()  # patchers whose Trainer.compute_loss check is registered
-
-
-def _report_once(key, message):
-    if key not in _reported:
-        _reported.add(key)
-        report.info(message)
 
 
 def probe(module):
@@ -88,7 +81,7 @@ def apply(module, patcher):
         choice = vars(arguments).get(CHOICE)  # absent on copies and unpickled arguments: left alone
         turn_on = choice == "default" and getattr(arguments, OPTION, None) is False
         if choice == "explicit" and getattr(arguments, OPTION, None) is False:
-            _report_once("explicit", f"gradfix: hf-dp-token-average: {OPTION}=False was chosen explicitly and is "
+            report.info_once(f"gradfix: hf-dp-token-average: {OPTION}=False was chosen explicitly and is "
                          "kept: with several data-parallel ranks each rank normalises the loss by its own "
                          "token count")
         if turn_on:
@@ -98,7 +91,7 @@ def apply(module, patcher):
             arguments.__dict__[TURNED_ON] = True
             patcher.hit()
             _watch_trainer(patcher)
-            _report_once("on", f"gradfix: hf-dp-token-average: {OPTION}=True (the default from transformers "
+            report.info_once(f"gradfix: hf-dp-token-average: {OPTION}=True (the default from transformers "
                          "4.54.0): the loss is normalised by the token count of all data-parallel ranks")
         return result
 
