@@ -229,14 +229,16 @@ def _on_target_imported(patch_id: str, module) -> None:
             if detail is not None:
                 _apply(record, module, detail)
             status = record.snapshot()
-            statuses = REGISTRY.snapshot()
+        displaced = _settle_displaced()  # another patcher may have replaced an earlier patch's code
+        statuses = REGISTRY.snapshot()
         report.debug(f"gradfix: {patch_id} {status.state}: {status.reason}")
         report.log_summary(statuses)
     except Exception as exc:  # a bug in gradfix itself must not break the import
         report.warning(f"gradfix: internal error while handling {patch_id}: {exc!r}")
         return
-    if _settings.strict and status.state in _TROUBLE:
-        raise _strict_error([status])
+    troubled = [s for s in [status, *displaced] if s.state in _TROUBLE]
+    if _settings.strict and troubled:
+        raise _strict_error(troubled)
 
 
 def _apply(record, module, detail: str) -> None:
@@ -326,12 +328,40 @@ def deactivate():
         return REGISTRY.snapshot()
 
 
+def _settle_displaced() -> list:
+    """An applied patch whose wrapper another patcher replaced afterwards (Unsloth rebuilds
+    ``Trainer.training_step`` from its source, for instance) no longer corrects anything
+    there: report it as a conflict, and withdraw its other wrappers so that no part of the
+    correction runs on its own. Checked whenever the state is looked at or a target is
+    imported, and at exit."""
+    displaced = []
+    with REGISTRY.lock:
+        for record in REGISTRY.records():
+            if record.state != State.APPLIED or record.patcher is None:
+                continue
+            moved = record.patcher.displaced()
+            if not moved:
+                continue
+            record.patcher.withdraw()
+            where = "; ".join(f"{location} was replaced by {by}" for location, by in moved)
+            record.set(State.CONFLICT, f"{where}, after gradfix had patched it: gradfix's correction no longer "
+                       "runs and the rest of it is withdrawn, so the other patcher's code decides the numerics. "
+                       "To use gradfix's correction, run without the other patch (or without its replacement "
+                       "of this method)")
+            displaced.append(record.snapshot())
+    for status in displaced:
+        _warn_once(f"{status.id} conflict: {status.reason}")
+    return displaced
+
+
 def status():
+    _settle_displaced()
     return REGISTRY.snapshot()
 
 
 def _at_exit() -> None:
     try:
+        _settle_displaced()
         statuses = REGISTRY.snapshot()
         report.log_summary(statuses, final=True)
         report.log_evidence(statuses)

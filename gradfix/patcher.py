@@ -59,6 +59,7 @@ class Patcher:
         self._wraps = []
         self._hits = 0
         self._hit_lock = threading.Lock()
+        self._withdrawn = False
 
     # -- used by fixes -----------------------------------------------------
     def wrap(self, owner, name: str, wrapper, overridden_on_purpose=()) -> None:
@@ -81,7 +82,12 @@ class Patcher:
         other = replaced_by(owner, original) if isinstance(owner, type) else None
         if other:
             raise PatchConflict(f"{_name(owner)}.{name} was replaced by {other}")
-        wrapped = GradfixWrapper(original, wrapper, self.patch_id)
+        def correct_unless_withdrawn(wrapped, instance, args, kwargs):
+            if self._withdrawn:
+                return wrapped(*args, **kwargs)
+            return wrapper(wrapped, instance, args, kwargs)
+
+        wrapped = GradfixWrapper(original, correct_unless_withdrawn, self.patch_id)
         setattr(owner, name, wrapped)
         self._wraps.append(_Wrap(owner, name, original, wrapped))
         if isinstance(owner, type):
@@ -114,6 +120,31 @@ class Patcher:
         return tuple(w.where for w in self._wraps)
 
     # -- used by the engine -------------------------------------------------
+    def displaced(self):
+        """``(location, by whom)`` of each wrapper that no code path reaches any more:
+        another patcher replaced the attribute after gradfix wrapped it (Unsloth, for
+        instance, rebuilds ``Trainer.training_step`` from its source and assigns the copy).
+        A layer put on top that still calls gradfix's wrapper (a wrapt wrapper, a
+        ``functools.wraps`` wrapper, a closure over it) is not a displacement."""
+        moved = []
+        for w in self._wraps:
+            current = vars(w.owner).get(w.name, _MISSING)
+            if current is w.wrapper or _reaches(current, w.wrapper):
+                continue
+            by = "deleted" if current is _MISSING else (replaced_by(w.owner, current) or "other code")
+            moved.append((w.where, by))
+        return moved
+
+    def withdraw(self) -> None:
+        """Make every wrapper of this patch a plain pass-through, in place: part of a
+        correction must not run once another part is gone. Nothing is unwrapped, so a
+        layer someone put on top keeps working."""
+        self._withdrawn = True
+
+    @property
+    def withdrawn(self) -> bool:
+        return self._withdrawn
+
     def covered_elsewhere(self):
         """Wrappers that are no longer the object found at their location."""
         return [w.where for w in self._wraps if vars(w.owner).get(w.name) is not w.wrapper]
@@ -134,6 +165,39 @@ class Patcher:
             else:
                 setattr(w.owner, w.name, w.original)
         self._wraps.clear()
+
+
+_MISSING = object()
+
+
+def _reaches(current, target, depth: int = 6) -> bool:
+    """Whether calling ``current`` can still run ``target``: found through ``__wrapped__``
+    (wrapt, functools.wraps), a bound wrapt wrapper's parent, the cells of a closure or
+    default arguments."""
+    seen, layer = set(), [current]
+    for _ in range(depth):
+        following = []
+        for value in layer:
+            if value is target:
+                return True
+            if id(value) in seen or value is None:
+                continue
+            seen.add(id(value))
+            function = getattr(value, "__func__", value)  # staticmethod, classmethod, bound method
+            try:
+                following.append(getattr(function, "__wrapped__", None))
+                # a wrapt wrapper read from the class is bound: its parent is the stored one
+                following.append(getattr(function, "_self_parent", None))
+            except Exception:  # a proxy whose target is gone
+                pass
+            for cell in getattr(function, "__closure__", None) or ():
+                try:
+                    following.append(cell.cell_contents)
+                except ValueError:  # an empty cell
+                    pass
+            following.extend(getattr(function, "__defaults__", None) or ())
+        layer = following
+    return False
 
 
 def _all_subclasses(cls: type):

@@ -8,6 +8,8 @@ another top-level package, or a wrapt wrapper that is not gradfix's, is someone 
 
 import functools
 
+import pytest
+
 import wrapt
 from toy import PATCH_ID, WORKLOAD
 
@@ -121,3 +123,73 @@ def test_a_replaced_method_is_a_conflict_before_the_probe(run_python):
     state, reason = run.value("STATUS")[PATCH_ID]
     assert state == "conflict", reason
     assert "Accumulator.add was replaced by code from handfix" in reason
+
+
+# The other order, Unsloth's: gradfix patched Accumulator.add when gftoy was imported, then
+# "unsloth" rebuilds the method from its source (which is gftoy's buggy code: the source of
+# a wrapt wrapper is the wrapped function's) and assigns the copy, dropping gradfix's wrapper.
+REPLACED_AFTER = """
+import inspect, textwrap, gftoy.accum
+source = textwrap.dedent(inspect.getsource(gftoy.accum.Accumulator.add))
+namespace = {"__name__": "unsloth.models._utils"}
+exec(source.replace("def add(", "def _unsloth_add(", 1), namespace)
+gftoy.accum.Accumulator.add = namespace["_unsloth_add"]
+"""
+
+
+def test_a_wrapper_replaced_after_gradfix_is_reported_as_a_conflict(run_python):
+    alone = run_python(REPLACED_AFTER + WORKLOAD, env={"GRADFIX": "0"}).value("RESULT")
+    patched = run_python("import gradfix\n" + WORKLOAD, env={}).value("RESULT")
+    assert patched != alone  # the toy's bug is visible, so the check below can fail
+    run = run_python("import gradfix\n" + REPLACED_AFTER + WORKLOAD + STATUS)
+    assert run.returncode == 0
+    assert run.value("RESULT") == alone  # the other patcher's code ran, not a mix
+    state, reason = run.value("STATUS")[PATCH_ID]
+    assert state == "conflict", reason
+    assert "Accumulator.add was replaced by code from unsloth.models._utils, after gradfix had patched it" in reason
+    assert run.stderr.count(f"{PATCH_ID} conflict:") == 1  # one warning, also with status() and exit
+
+
+def test_the_conflict_is_reported_at_exit_without_a_status_call(run_python):
+    run = run_python("import gradfix\n" + REPLACED_AFTER + WORKLOAD)
+    assert run.returncode == 0
+    assert f"{PATCH_ID} conflict: gftoy.accum.Accumulator.add was replaced" in run.stderr
+    assert f"{PATCH_ID} applied" not in run.stderr.split("conflict:")[-1]
+
+
+# Layers put on top of gradfix's wrapper after it was installed still call it: no conflict.
+LAYERS = {
+    "functools.wraps": """
+import functools, gftoy.accum
+inner = gftoy.accum.Accumulator.add
+@functools.wraps(inner)
+def add(self, grad):
+    return inner(self, grad)
+gftoy.accum.Accumulator.add = add
+""",
+    "closure": """
+import gftoy.accum
+def layer(inner):
+    def add(self, grad):
+        return inner(self, grad)
+    add.__module__ = "monitoring"
+    return add
+gftoy.accum.Accumulator.add = layer(gftoy.accum.Accumulator.add)
+""",
+    "default argument": """
+import gftoy.accum
+def add(self, grad, _inner=gftoy.accum.Accumulator.add):
+    return _inner(self, grad)
+add.__module__ = "monitoring"
+gftoy.accum.Accumulator.add = add
+""",
+}
+
+
+@pytest.mark.parametrize("layer", sorted(LAYERS))
+def test_a_layer_on_top_of_gradfix_is_not_a_conflict(run_python, layer):
+    patched = run_python("import gradfix\n" + WORKLOAD).value("RESULT")
+    run = run_python("import gradfix\n" + LAYERS[layer] + WORKLOAD + STATUS)
+    assert run.returncode == 0, run.stderr
+    assert run.value("RESULT") == patched
+    assert run.value("STATUS")[PATCH_ID][0] == "applied"

@@ -142,3 +142,44 @@ def test_define_refuses_a_name_the_class_defines():
     Base, _, _ = make_class()
     with pytest.raises(PatchError, match="already defines 'scale'; wrap it instead"):
         Patcher("p").define(Base, "scale", lambda self, x: x)
+
+
+WHERE = f"{__name__}.make_class.<locals>.Base"
+
+
+def test_displaced_lists_a_replaced_wrapper_and_withdraw_silences_the_rest():
+    Base, _, _ = make_class()
+    calls = []
+
+    def noted(name):
+        def wrapper(wrapped, instance, args, kwargs):
+            calls.append(name)
+            return wrapped(*args, **kwargs)
+        return wrapper
+
+    patcher = Patcher("p")
+    patcher.wrap(Base, "scale", noted("scale"))
+    patcher.wrap(Base, "static", noted("static"))
+    assert patcher.displaced() == []
+
+    def scale(self, x):
+        return x
+
+    scale.__module__ = "unsloth.models._utils"
+    Base.scale = scale
+    assert patcher.displaced() == [(f"{WHERE}.scale", "code from unsloth.models._utils")]
+    Base.static(1)
+    assert calls == ["static"]
+    patcher.withdraw()
+    assert Base.static(1) == 2 and calls == ["static"]  # the remaining wrapper passes through
+    assert isinstance(vars(Base)["static"], GradfixWrapper)  # in place, not unwrapped
+
+
+def test_a_gradfix_wrapper_on_top_of_another_is_not_a_displacement():
+    Base, _, _ = make_class()
+    inner, outer = Patcher("inner"), Patcher("outer")
+    inner.wrap(Base, "scale", lambda wrapped, instance, args, kwargs: wrapped(*args, **kwargs))
+    outer.wrap(Base, "scale", lambda wrapped, instance, args, kwargs: wrapped(*args, **kwargs))
+    assert inner.displaced() == [] and outer.displaced() == []
+    del Base.scale
+    assert inner.displaced() == [(f"{WHERE}.scale", "deleted")]

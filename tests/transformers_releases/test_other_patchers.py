@@ -1,0 +1,61 @@
+"""Unsloth's order on real transformers code: gradfix patches Trainer when transformers.trainer
+is imported, then Unsloth rebuilds ``Trainer.training_step`` from its source and assigns the
+copy (``exec`` in ``unsloth.models._utils``, function ``_unsloth_training_step``; its
+``Trainer.get_batch_samples`` comes from ``unsloth_zoo.loss_utils``). Unsloth needs an NVIDIA
+GPU to import, so the test sets exactly those markers. gradfix must report each patch whose
+wrapper was dropped as a conflict and withdraw the rest of it, never report it applied.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from helpers import clean_env
+from tfrun import NOT_CONFIGURED, affected, releases
+
+REPLACE_LIKE_UNSLOTH = """
+import inspect, json, textwrap, types
+import transformers.trainer as trainer_module
+import gradfix
+from transformers import Trainer
+
+before = {s.id: s.state for s in gradfix.status()}
+source = textwrap.dedent(inspect.getsource(Trainer.training_step))  # the source of the original
+namespace = dict(vars(trainer_module), __name__="unsloth.models._utils")
+exec(source.replace("def training_step", "def _unsloth_training_step", 1), namespace)
+Trainer.training_step = namespace["_unsloth_training_step"]
+
+def _unsloth_get_batch_samples(self, epoch_iterator, num_batches, *args):
+    return Trainer.get_batch_samples(self, epoch_iterator, num_batches, *args)
+_unsloth_get_batch_samples.__module__ = "unsloth_zoo.loss_utils"
+Trainer.get_batch_samples = _unsloth_get_batch_samples
+
+after = {s.id: [s.state, s.reason, list(s.locations)] for s in gradfix.status()}
+print("RESULT", json.dumps({"before": before, "after": after}))
+"""
+
+RELEASES = ("4.46.2", "4.51.3")
+
+
+@pytest.mark.parametrize("release", [r for r in RELEASES if r in releases()] or
+                         [pytest.param("none", marks=pytest.mark.skip(reason=NOT_CONFIGURED))])
+def test_unsloth_replacing_training_step_after_gradfix_is_a_conflict(release):
+    env = clean_env(PYTHONPATH=releases()[release] or None, GRADFIX="1")
+    proc = subprocess.run([sys.executable, "-c", REPLACE_LIKE_UNSLOTH], env=env, capture_output=True,
+                          text=True, timeout=300, cwd=os.path.dirname(__file__))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))
+    result = json.loads(line[len("RESULT "):])
+    trainer_patches = {pid for pid, (_, _, where) in result["after"].items()
+                       if any(w.endswith(("Trainer.training_step", "Trainer.get_batch_samples")) for w in where)}
+    applied_before = {pid for pid, state in result["before"].items() if state == "applied"}
+    assert trainer_patches and trainer_patches <= applied_before <= affected(release) | affected(release, "accelerate")
+    for pid in trainer_patches:
+        state, reason, _ = result["after"][pid]
+        assert state == "conflict", (pid, reason)
+        assert "replaced by code from unsloth" in reason
+        assert f"{pid} conflict:" in proc.stderr
+    for pid in applied_before - trainer_patches:  # patches elsewhere (TrainingArguments) stay
+        assert result["after"][pid][0] == "applied", (pid, result["after"][pid])
