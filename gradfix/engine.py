@@ -331,7 +331,7 @@ def deactivate():
 def _settle_displaced() -> list:
     """An applied patch whose wrapper another patcher replaced afterwards (Unsloth rebuilds
     ``Trainer.training_step`` from its source, for instance) no longer corrects anything
-    there: report it as a conflict, and withdraw its other wrappers so that no part of the
+    there: report it as a conflict, and unwrap its other wrappers so that no part of the
     correction runs on its own. Checked whenever the state is looked at or a target is
     imported, and at exit."""
     displaced = []
@@ -342,12 +342,13 @@ def _settle_displaced() -> list:
             moved = record.patcher.displaced()
             if not moved:
                 continue
-            record.patcher.withdraw()
+            buried = record.patcher.withdraw()
             where = "; ".join(f"{location} was replaced by {by}" for location, by in moved)
+            rest = (f"the rest of it is withdrawn except {', '.join(buried)}, which another layer wraps and so "
+                    "still runs" if buried else "the rest of it is withdrawn")
             record.set(State.CONFLICT, f"{where}, after gradfix had patched it: gradfix's correction no longer "
-                       "runs and the rest of it is withdrawn, so the other patcher's code decides the numerics. "
-                       "To use gradfix's correction, run without the other patch (or without its replacement "
-                       "of this method)")
+                       f"runs there and {rest}; the other patcher's code decides the numerics. To use gradfix's "
+                       "correction, run without the other patch (or without its replacement of this method)")
             displaced.append(record.snapshot())
     for status in displaced:
         _warn_once(f"{status.id} conflict: {status.reason}")

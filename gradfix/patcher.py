@@ -59,7 +59,6 @@ class Patcher:
         self._wraps = []
         self._hits = 0
         self._hit_lock = threading.Lock()
-        self._withdrawn = False
 
     # -- used by fixes -----------------------------------------------------
     def wrap(self, owner, name: str, wrapper, overridden_on_purpose=()) -> None:
@@ -82,12 +81,7 @@ class Patcher:
         other = replaced_by(owner, original) if isinstance(owner, type) else None
         if other:
             raise PatchConflict(f"{_name(owner)}.{name} was replaced by {other}")
-        def correct_unless_withdrawn(wrapped, instance, args, kwargs):
-            if self._withdrawn:
-                return wrapped(*args, **kwargs)
-            return wrapper(wrapped, instance, args, kwargs)
-
-        wrapped = GradfixWrapper(original, correct_unless_withdrawn, self.patch_id)
+        wrapped = GradfixWrapper(original, wrapper, self.patch_id)
         setattr(owner, name, wrapped)
         self._wraps.append(_Wrap(owner, name, original, wrapped))
         if isinstance(owner, type):
@@ -135,15 +129,23 @@ class Patcher:
             moved.append((w.where, by))
         return moved
 
-    def withdraw(self) -> None:
-        """Make every wrapper of this patch a plain pass-through, in place: part of a
-        correction must not run once another part is gone. Nothing is unwrapped, so a
-        layer someone put on top keeps working."""
-        self._withdrawn = True
-
-    @property
-    def withdrawn(self) -> bool:
-        return self._withdrawn
+    def withdraw(self):
+        """Put the original object back wherever this patch's wrapper is still the
+        attribute: part of a correction must not run once another part is gone. Returns
+        the locations of wrappers left running because someone layered on top of them
+        (unwrapping those would drop the layer)."""
+        buried = []
+        for w in reversed(self._wraps):
+            current = vars(w.owner).get(w.name, _MISSING)
+            if current is w.wrapper:
+                if w.original is _INHERITED:
+                    delattr(w.owner, w.name)
+                else:
+                    setattr(w.owner, w.name, w.original)
+            elif _reaches(current, w.wrapper):
+                buried.append(w.where)
+        self._wraps = [w for w in self._wraps if w.where in buried]
+        return list(reversed(buried))
 
     def covered_elsewhere(self):
         """Wrappers that are no longer the object found at their location."""

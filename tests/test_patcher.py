@@ -170,9 +170,20 @@ def test_displaced_lists_a_replaced_wrapper_and_withdraw_silences_the_rest():
     assert patcher.displaced() == [(f"{WHERE}.scale", "code from unsloth.models._utils")]
     Base.static(1)
     assert calls == ["static"]
-    patcher.withdraw()
-    assert Base.static(1) == 2 and calls == ["static"]  # the remaining wrapper passes through
-    assert isinstance(vars(Base)["static"], GradfixWrapper)  # in place, not unwrapped
+    assert patcher.withdraw() == []
+    assert Base.static(1) == 2 and calls == ["static"]  # the remaining wrapper is gone
+    assert not isinstance(vars(Base)["static"], GradfixWrapper) and vars(Base)["scale"] is scale
+
+
+def test_withdraw_leaves_a_wrapper_that_someone_layered_on_top_of():
+    Base, _, _ = make_class()
+    patcher = Patcher("p")
+    patcher.wrap(Base, "scale", lambda wrapped, instance, args, kwargs: wrapped(*args, **kwargs))
+    patcher.wrap(Base, "static", lambda wrapped, instance, args, kwargs: wrapped(*args, **kwargs))
+    Base.scale = wrapt.FunctionWrapper(vars(Base)["scale"], lambda wrapped, instance, args, kwargs: 0)
+    assert patcher.displaced() == []  # the layer still calls gradfix's wrapper
+    del Base.static
+    assert patcher.withdraw() == [f"{WHERE}.scale"]
 
 
 def test_a_gradfix_wrapper_on_top_of_another_is_not_a_displacement():
