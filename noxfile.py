@@ -221,6 +221,9 @@ TRL_RELEASES = {
 # TRL alone, put in front of a transformers folder: 0.13.0 (the last release whose DPO-family
 # trainers rely on Trainer to divide their loss by GA) and 0.14.0 (works around it itself).
 TRL_CUSTOM_LOSS_RELEASES = ["0.13.0", "0.14.0"]
+# Axolotl 0.6.0 without its GPU dependencies, with the peft it imports and transformers 4.46.3
+# (the release whose training loop its DeepSpeed patch edits), in front of the 4.46.2 folder.
+AXOLOTL = ["axolotl==0.6.0", "peft==0.14.0", "transformers==4.46.3"]
 
 
 @nox.session(python="3.11")
@@ -241,6 +244,7 @@ def transformers(session):
         install_into_folder(session, CACHE / "trl" / f"trl-{release}", f"trl=={release}", *stack)
     for release in TRL_CUSTOM_LOSS_RELEASES:
         install_into_folder(session, CACHE / "trl" / f"trl-alone-{release}", f"trl=={release}")
+    install_into_folder(session, CACHE / "axolotl" / "axolotl-0.6.0", *AXOLOTL)
     newest = dict(pin.split("==") for pin in TRANSFORMERS_NEWEST)
     transformers_releases = {r: str(CACHE / "transformers" / f"tf-{r}") for r in TRANSFORMERS_RELEASES}
     trl_releases = {release: str(CACHE / "trl" / f"trl-{release}") for release in TRL_RELEASES}
@@ -250,6 +254,8 @@ def transformers(session):
                     "GRADFIX_TRL_RELEASES": json.dumps({**trl_releases, newest["trl"]: ""}),
                     "GRADFIX_TRL_CUSTOM_LOSS_RELEASES": json.dumps(
                         {release: str(CACHE / "trl" / f"trl-alone-{release}") for release in TRL_CUSTOM_LOSS_RELEASES}),
+                    "GRADFIX_AXOLOTL": json.dumps({"folder": str(CACHE / "axolotl" / "axolotl-0.6.0"),
+                                                   "stack": str(CACHE / "transformers" / "tf-4.46.2")}),
                     "GRADFIX_CACHE": str(CACHE)})
 
 
@@ -332,6 +338,34 @@ def sweep_transformers(session):
         options += ["--until", until] if until else []
         options += ["--stack", str(CACHE / stack)] if stack else []
         session.run(str(python), "tests/release_sweep/sweep.py", "transformers", *options, external=True)
+
+
+# TRL releases -> the folder they import with: the 0.x line on the `transformers` session's
+# TRL 0.22.2 folder (transformers 4.57.6), the 1.x line on its venv (transformers 5).
+TRL_SWEEP = [("0.20.0", "0.29.1", "trl/trl-0.22.2"), ("1.0.0", None, None)]
+
+
+@nox.session(python=False)
+def sweep_trl(session):
+    """Release sweep of TRL 0.20.0 and later, in the `transformers` session's environment
+    (run that session first)."""
+    python = CACHE / "nox" / "transformers" / "bin" / "python"
+    if not python.exists():
+        session.error("run `python -m nox -s transformers` first: the sweep uses its environment")
+    for since, until, stack in TRL_SWEEP:
+        options = ["--since", since, *(["--until", until] if until else [])]
+        options += ["--stack", str(CACHE / stack)] if stack else []
+        session.run(str(python), "tests/release_sweep/sweep.py", "trl", *options, external=True)
+
+
+@nox.session(python=False)
+def sweep_accelerate(session):
+    """Release sweep of accelerate 0.25.0 and later, in the `transformers` session's venv
+    (run that session first; each release is put in front of the venv's accelerate)."""
+    python = CACHE / "nox" / "transformers" / "bin" / "python"
+    if not python.exists():
+        session.error("run `python -m nox -s transformers` first: the sweep uses its environment")
+    session.run(str(python), "tests/release_sweep/sweep.py", "accelerate", "--since", "0.25.0", external=True)
 
 
 # OpenRLHF releases -> the tested release whose folder (transformers pin) they import with, and

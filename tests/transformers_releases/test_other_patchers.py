@@ -1,9 +1,17 @@
-"""Unsloth's order on real transformers code: gradfix patches Trainer when transformers.trainer
+"""Other patchers on real transformers code.
+
+Unsloth's order: gradfix patches Trainer when transformers.trainer
 is imported, then Unsloth rebuilds ``Trainer.training_step`` from its source and assigns the
 copy (``exec`` in ``unsloth.models._utils``, function ``_unsloth_training_step``; its
 ``Trainer.get_batch_samples`` comes from ``unsloth_zoo.loss_utils``). Unsloth needs an NVIDIA
 GPU to import, so the test sets exactly those markers. gradfix must report each patch whose
 wrapper was dropped as a conflict and withdraw the rest of it, never report it applied.
+
+Axolotl 0.6.0 (the real package, installed without its GPU dependencies): for a Llama trained
+with DeepSpeed and gradient accumulation it replaces ``Trainer._inner_training_loop`` with an
+edited copy of its source (transformers 4.46.3 is the release whose loop its edit matches).
+gradfix does not patch the loop, and its wrappers are still called from Axolotl's copy, so the
+patches stay applied and the update must still match the reference.
 """
 
 import json
@@ -11,9 +19,11 @@ import os
 import subprocess
 import sys
 
+from pathlib import Path
+
 import pytest
 from helpers import clean_env
-from tfrun import NOT_CONFIGURED, affected, releases
+from tfrun import BUG, MATCH, NOT_CONFIGURED, affected, deepspeed_folder, releases, run_worker
 
 REPLACE_LIKE_UNSLOTH = """
 import inspect, json, textwrap, types
@@ -36,6 +46,7 @@ after = {s.id: [s.state, s.reason, list(s.locations)] for s in gradfix.status()}
 print("RESULT", json.dumps({"before": before, "after": after}))
 """
 
+WORKER = Path(__file__).resolve().parent / "trainer_worker.py"
 RELEASES = ("4.46.2", "4.51.3")
 
 
@@ -59,3 +70,25 @@ def test_unsloth_replacing_training_step_after_gradfix_is_a_conflict(release):
         assert f"{pid} conflict:" in proc.stderr
     for pid in applied_before - trainer_patches:  # patches elsewhere (TrainingArguments) stay
         assert result["after"][pid][0] == "applied", (pid, result["after"][pid])
+
+
+def axolotl():
+    """{"folder": Axolotl 0.6.0 + peft + transformers 4.46.3, "stack": the folder behind it}."""
+    return json.loads(os.environ.get("GRADFIX_AXOLOTL", "{}"))
+
+
+@pytest.mark.skipif(not axolotl(), reason="run through `nox -s transformers` (GRADFIX_AXOLOTL)")
+def test_axolotl_training_loop_keeps_gradfix_correct():
+    code, builds = deepspeed_folder("0.16.4")
+    folders = [axolotl()["folder"], axolotl()["stack"], code]
+    options = ["--axolotl", "--zero-stage", "2"]
+    extra = {"DS_ACCELERATOR": "cpu", "TORCH_EXTENSIONS_DIR": str(builds)}
+    unpatched, patched = (run_worker(WORKER, folders, on, options, ranks=2, **extra) for on in (False, True))
+    for result in unpatched, patched:
+        assert result["transformers"] == "4.46.3"
+        assert result["training_loop_from"] == "axolotl.monkeypatch.trainer_grad_accum"  # Axolotl's loop ran
+    assert unpatched["update_error"] > BUG, unpatched
+    assert patched["update_error"] < MATCH, patched
+    applied = {pid for pid, s in patched["gradfix"].items() if s["state"] == "applied"}
+    assert "hf-deepspeed-double-ga-scale" in applied and not any(
+        s["state"] == "conflict" for s in patched["gradfix"].values())

@@ -4,7 +4,8 @@ writes the applied update next to a plain PyTorch reference (the global token me
 over the whole step) and this process's gradfix report.
 
     python -m torch.distributed.run --nproc_per_node 2 trainer_worker.py OUT \
-        [--average-tokens true|false] [--custom-loss] [--accumulation N]
+        [--average-tokens true|false] [--custom-loss] [--accumulation N] [--zero-stage S [--offload]]
+        [--axolotl]
 """
 
 import argparse
@@ -106,10 +107,20 @@ def main():
                         help="train on the first N sequences (fewer than GA x ranks: a partial window)")
     parser.add_argument("--zero-stage", type=int, help="run through DeepSpeed with this ZeRO stage (fp32)")
     parser.add_argument("--offload", action="store_true", help="with --zero-stage: offload the optimizer to the CPU")
+    parser.add_argument("--axolotl", action="store_true",
+                        help="apply Axolotl's own Trainer patches first, as its model loader does for a Llama "
+                             "trained with DeepSpeed and gradient accumulation")
     options = parser.parse_args()
 
     import transformers
     from transformers import Trainer, TrainingArguments
+
+    if options.axolotl:
+        from axolotl.monkeypatch import trainer_grad_accum
+
+        trainer_grad_accum.patch_training_loop_for_deepspeed_0_16_x()
+        trainer_grad_accum.patch_forward_for_ga()
+        trainer_grad_accum.patch_training_step_for_ga()
 
     model, rows = tiny_model(options.architecture), sequences(options.sequences)
     before = [p.detach().clone() for p in model.parameters()]
@@ -149,6 +160,7 @@ def main():
             "update_error": error,
             "update_scale": scale,
             "rank_divergence": divergence,
+            "training_loop_from": Trainer._inner_training_loop.__module__,
             "gradfix_active": gradfix.is_active(),
             "gradfix": {s.id: {"state": str(s.state), "hits": s.hits, "reason": s.reason} for s in gradfix.status()},
         }
