@@ -111,3 +111,47 @@ def test_bad_switch_values_leave_the_program_alone(run_python, unpatched, value)
     run = run_python(WORKLOAD, env={"GRADFIX": value})
     assert run.returncode == 0 and run.value("RESULT") == unpatched
     assert len([line for line in gradfix_lines(run.stderr) if "GRADFIX=" in line]) == 1
+
+
+# A read-only installation, as on an image or a shared cluster filesystem. Root ignores file
+# modes (CI and many containers run as root), so the refusal comes from an audit hook: every
+# attempt to create, write, rename or remove a file under the interpreter's prefixes or a
+# folder of sys.path fails with EROFS, as it would there. Python's own bytecode cache writes
+# are refused too, which importlib tolerates.
+READ_ONLY = """
+import errno, os, sys
+ROOTS = tuple(path for path in {sys.prefix, sys.base_prefix, *sys.path} if path)
+REFUSED = []
+WRITING = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+WRITE_EVENTS = ("os.mkdir", "os.rename", "os.replace", "os.remove", "os.rmdir", "os.chmod")
+def read_only(event, args):
+    if event != "open" and event not in WRITE_EVENTS:
+        return
+    path = args[0]
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    if not isinstance(path, str) or not os.path.abspath(path).startswith(ROOTS):
+        return
+    if event == "open":
+        mode, flags = args[1], args[2]
+        writes = any(c in mode for c in "wax+") if isinstance(mode, str) else bool((flags or 0) & WRITING)
+    else:
+        writes = True
+    if writes:
+        REFUSED.append(path)
+        raise OSError(errno.EROFS, "Read-only file system", path)
+sys.addaudithook(read_only)
+"""
+
+
+def test_read_only_installation(run_python, reference):
+    run = run_python(READ_ONLY + "import gradfix\n" + WORKLOAD + STATUS
+                     + "print('REFUSED', [len(REFUSED), [p for p in REFUSED if 'gradfix' in p and '__pycache__' not in p]])\n",
+                     env={"PYTHONDONTWRITEBYTECODE": None})
+    assert run.returncode == 0, run.stderr
+    assert run.value("RESULT") == reference
+    assert run.value("STATUS")[PATCH_ID][0] == "applied"
+    refused, by_gradfix = run.value("REFUSED")
+    assert refused > 0, "the read-only rule never triggered: it tests nothing"  # bytecode cache writes
+    assert by_gradfix == []  # gradfix itself never tried to write (bytecode caches are importlib's)
+    assert not [line for line in gradfix_lines(run.stderr) if "warning" in line.lower() or "error" in line.lower()]
