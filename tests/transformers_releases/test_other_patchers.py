@@ -31,7 +31,7 @@ import transformers.trainer as trainer_module
 import gradfix
 from transformers import Trainer
 
-before = {s.id: s.state for s in gradfix.status()}
+before = {s.id: [s.state, list(s.locations)] for s in gradfix.status()}
 source = textwrap.dedent(inspect.getsource(Trainer.training_step))  # the source of the original
 namespace = dict(vars(trainer_module), __name__="unsloth.models._utils")
 exec(source.replace("def training_step", "def _unsloth_training_step", 1), namespace)
@@ -42,7 +42,7 @@ def _unsloth_get_batch_samples(self, epoch_iterator, num_batches, *args):
 _unsloth_get_batch_samples.__module__ = "unsloth_zoo.loss_utils"
 Trainer.get_batch_samples = _unsloth_get_batch_samples
 
-after = {s.id: [s.state, s.reason, list(s.locations)] for s in gradfix.status()}
+after = {s.id: [s.state, s.reason] for s in gradfix.status()}
 print("RESULT", json.dumps({"before": before, "after": after}))
 """
 
@@ -59,12 +59,12 @@ def test_unsloth_replacing_training_step_after_gradfix_is_a_conflict(release):
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))
     result = json.loads(line[len("RESULT "):])
-    trainer_patches = {pid for pid, (_, _, where) in result["after"].items()
+    trainer_patches = {pid for pid, (_, where) in result["before"].items()
                        if any(w.endswith(("Trainer.training_step", "Trainer.get_batch_samples")) for w in where)}
-    applied_before = {pid for pid, state in result["before"].items() if state == "applied"}
+    applied_before = {pid for pid, (state, _) in result["before"].items() if state == "applied"}
     assert trainer_patches and trainer_patches <= applied_before <= affected(release) | affected(release, "accelerate")
     for pid in trainer_patches:
-        state, reason, _ = result["after"][pid]
+        state, reason = result["after"][pid]
         assert state == "conflict", (pid, reason)
         assert "replaced by code from unsloth" in reason
         assert f"{pid} conflict:" in proc.stderr
