@@ -130,7 +130,7 @@ def clear_interrupted_builds(folder):
 
 
 # The launchers and Ray the coverage tests start (tests/deepspeed_releases/test_launchers.py, test_ray.py).
-LAUNCHERS = ["accelerate", "ray==2.48.0"]
+LAUNCHERS = ["accelerate", "ray[default]==2.48.0"]  # [default]: the dashboard, for `ray job submit`
 
 
 @nox.session(python="3.11")

@@ -73,9 +73,9 @@ def _register_ray_hooks() -> None:
     if _ray_hooks_registered:
         return
     _ray_hooks_registered = True
-    from .ray import RAY_INIT_MODULES
+    from .ray import RAY_INIT_MODULES, RAY_JOB_SDK
 
-    for name in RAY_INIT_MODULES:
+    for name in (*RAY_INIT_MODULES, RAY_JOB_SDK):
         hooks.when_imported(name, _install_ray_support)
 
 

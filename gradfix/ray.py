@@ -3,8 +3,9 @@
 Ray starts its workers from the cluster's processes, not from the driver, so a
 driver's ``GRADFIX=1`` does not reach a cluster that was started without it (and
 OpenRLHF's ``ray.init`` forwards only its own three variables). While gradfix is
-active, ``ray.init`` adds the GRADFIX variables to the job's ``runtime_env``
-(``env_vars``); what the caller set there is never overwritten. Each worker then
+active, ``ray.init`` and ``JobSubmissionClient.submit_job`` (``ray job submit``) add the
+GRADFIX variables to the job's ``runtime_env`` (``env_vars``); what the caller set there
+is never overwritten. Each worker then
 activates gradfix at start-up, like any other process with ``GRADFIX=1``.
 
 ``worker_status()`` asks the workers themselves: one task on every alive node,
@@ -12,11 +13,13 @@ plus any actors passed in, each reporting whether gradfix is active in its proce
 and the state of every patch there.
 """
 
+import json
 import os
 
 from . import report
 
 RAY_INIT_MODULES = ("ray", "ray._private.worker")  # `ray.init` and where it is defined
+RAY_JOB_SDK = "ray.dashboard.modules.job.sdk"  # JobSubmissionClient: `ray job submit` and the Python SDK
 
 
 def gradfix_variables(environ=os.environ) -> dict:
@@ -27,24 +30,41 @@ def gradfix_variables(environ=os.environ) -> dict:
     return variables
 
 
+# Set by Ray's job supervisor for the entrypoint of a submitted job: the job's config,
+# whose runtime_env Ray merges into the driver's ray.init and its workers.
+RAY_JOB_CONFIG = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+
+
+def job_variables(environ=os.environ) -> set:
+    """The variables a submitted job's own runtime_env sets (none outside such a job).
+    Ray refuses a ``ray.init`` runtime_env that sets any of them again."""
+    try:
+        config = json.loads(environ.get(RAY_JOB_CONFIG) or "{}")
+        return set((config.get("runtime_env") or {}).get("env_vars") or {})
+    except (ValueError, AttributeError):  # not what Ray writes: add nothing Ray could refuse
+        return set(gradfix_variables(environ))
+
+
 def merged_runtime_env(runtime_env, environ=os.environ):
     """``runtime_env`` with the GRADFIX variables added to ``env_vars``; a variable
-    the caller set (GRADFIX=0 included) is kept as the caller set it."""
-    merged = dict(runtime_env or {})
-    env_vars = dict(merged.get("env_vars") or {})
-    added = {name: value for name, value in gradfix_variables(environ).items() if name not in env_vars}
+    the caller set (GRADFIX=0 included), or that the submitted job's runtime_env already
+    sets, is kept as set. Returns ``runtime_env`` itself when nothing is added."""
+    env_vars = dict((runtime_env or {}).get("env_vars") or {})
+    taken = set(env_vars) | job_variables(environ)
+    added = {name: value for name, value in gradfix_variables(environ).items() if name not in taken}
+    if not added:
+        return runtime_env, added
     env_vars.update(added)
-    merged["env_vars"] = env_vars
-    return merged, added
+    return dict(runtime_env or {}, env_vars=env_vars), added
 
 
 def _add_to_runtime_env(wrapped, instance, args, kwargs):
     from . import engine
 
     if engine.is_active():
-        kwargs = dict(kwargs)
-        kwargs["runtime_env"], added = merged_runtime_env(kwargs.get("runtime_env"))
+        runtime_env, added = merged_runtime_env(kwargs.get("runtime_env"))
         if added:
+            kwargs = dict(kwargs, runtime_env=runtime_env)
             report.debug(f"gradfix: the Ray job's runtime_env carries {', '.join(sorted(added))} to its workers")
     return wrapped(*args, **kwargs)
 
@@ -61,12 +81,18 @@ def _wrap(owner, name):
 
 
 def install_ray_init(module) -> None:
-    """Post-import hook of ``ray`` and ``ray._private.worker``: wrap their ``init``."""
+    """Post-import hook of ``ray`` and ``ray._private.worker`` (wrap their ``init``) and of
+    Ray's job SDK (wrap ``JobSubmissionClient.submit_job``, which ``ray job submit`` calls:
+    the job's entrypoint and every worker of the job then get the GRADFIX variables)."""
     try:
-        _wrap(module, "init")
+        if module.__name__ == RAY_JOB_SDK:
+            _wrap(module.JobSubmissionClient, "submit_job")
+        else:
+            _wrap(module, "init")
     except Exception as exc:  # never break the user's Ray import
         report.warning(f"gradfix: cannot pass GRADFIX to Ray workers ({type(exc).__name__}: {exc}); start the "
-                       "cluster with `gradfix run -- ray start ...` instead")
+                       "cluster with `gradfix run -- ray start ...`, or pass --runtime-env-json "
+                       "'{\"env_vars\": {\"GRADFIX\": \"1\"}}' to `ray job submit`")
 
 
 def worker_status(actors=(), timeout: float = 120.0):

@@ -18,7 +18,9 @@ def report(origin):
 
     gradfix = sys.modules.get("gradfix")
     states = {s.id: s.state for s in gradfix.status() if s.package == "deepspeed"} if gradfix else None
-    line = {"origin": origin, "rank": os.environ.get("RANK"), "pid": os.getpid(), "states": states}
+    rank = os.environ.get("RANK", os.environ.get("SLURM_PROCID"))
+    line = {"origin": origin, "rank": rank, "node": os.environ.get("GROUP_RANK", os.environ.get("SLURM_NODEID")),
+            "pid": os.getpid(), "states": states}
     print("PROBE " + json.dumps(line), flush=True)
 
 

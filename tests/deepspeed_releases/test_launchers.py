@@ -89,3 +89,56 @@ def test_accelerate_launch():
 def test_multiprocessing_children(method):
     lines = probe([sys.executable, PROBE, "--mp", method])
     assert_patched(lines, 2, f"{method} child")
+
+
+def launch_at_once(commands, environments):
+    """Start one command per node or task at once, each with its own environment (as on
+    separate machines), and wait for all; their PROBE lines and their stderr."""
+    procs = [subprocess.Popen(command, env=release_env(RELEASE, **environment), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, cwd=Path(PROBE).parent)
+             for command, environment in zip(commands, environments)]
+    lines, errors = [], []
+    for proc in procs:
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, f"{proc.args}:\n{out[-3000:]}\n{err[-3000:]}"
+        lines += [json.loads(line[len("PROBE "):]) for line in out.splitlines() if line.startswith("PROBE ")]
+        errors.append(err)
+    return lines, errors
+
+
+def torchrun_node(node_rank, master_port, through_gradfix_run):
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(node_rank),
+               "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", master_port, PROBE]
+    return [sys.executable, "-m", "gradfix", "run", "--", *command] if through_gradfix_run else command
+
+
+def test_two_nodes_each_started_with_gradfix_run():
+    """Two torchrun agents (two "nodes" on this machine, static rendezvous), each started
+    with `gradfix run --` as the README says to do on every node."""
+    master = port()
+    lines, _ = launch_at_once([torchrun_node(0, master, True), torchrun_node(1, master, True)], [{}, {}])
+    assert_patched(lines, 2, "launcher")
+    assert sorted((line["node"], line["rank"]) for line in lines) == [("0", "0"), ("1", "1")]
+
+
+def test_a_node_started_without_gradfix_is_not_covered():
+    """The check above can fail: GRADFIX on node 0 only leaves node 1's worker without it."""
+    master = port()
+    lines, _ = launch_at_once([torchrun_node(0, master, False), torchrun_node(1, master, False)],
+                              [{"GRADFIX": "1"}, {}])
+    by_node = {line["node"]: line for line in lines}
+    assert by_node["0"]["states"] is not None and by_node["1"]["states"] is None
+
+
+def test_slurm_style_tasks_inherit_the_batch_scripts_gradfix():
+    """srun is not installed here; this starts the tasks as srun does by default
+    (--export=ALL: the batch script's environment, where `export GRADFIX=1` ran, plus
+    SLURM_PROCID / SLURM_LOCALID / SLURM_NODEID / SLURM_NTASKS per task). gradfix takes
+    its rank label from SLURM_PROCID when no launcher set RANK."""
+    tasks = [dict(GRADFIX="1", GRADFIX_LOG="debug", SLURM_PROCID=str(task), SLURM_LOCALID="0",
+                  SLURM_NODEID=str(task), SLURM_NTASKS="2") for task in range(2)]
+    lines, errors = launch_at_once([[sys.executable, PROBE]] * 2, tasks)
+    assert_patched(lines, 2, "launcher")
+    assert sorted(line["rank"] for line in lines) == ["0", "1"]
+    for task, err in enumerate(errors):
+        assert f"[rank {task}]: applied" in err, err[-2000:]
