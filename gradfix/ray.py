@@ -13,7 +13,6 @@ plus any actors passed in, each reporting whether gradfix is active in its proce
 and the state of every patch there.
 """
 
-import json
 import os
 
 from . import report
@@ -38,8 +37,13 @@ RAY_JOB_CONFIG = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 def job_variables(environ=os.environ) -> set:
     """The variables a submitted job's own runtime_env sets (none outside such a job).
     Ray refuses a ``ray.init`` runtime_env that sets any of them again."""
+    text = environ.get(RAY_JOB_CONFIG)
+    if not text:
+        return set()
+    import json  # here: `import gradfix` stays light (json pulls in re)
+
     try:
-        config = json.loads(environ.get(RAY_JOB_CONFIG) or "{}")
+        config = json.loads(text)
         return set((config.get("runtime_env") or {}).get("env_vars") or {})
     except (ValueError, AttributeError):  # not what Ray writes: add nothing Ray could refuse
         return set(gradfix_variables(environ))
