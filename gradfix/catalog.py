@@ -38,6 +38,12 @@ UNFIXED = "none"
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
+def split_unpatched(item: str):
+    """An ``unpatched`` item, 'SPECIFIERS: why', as (specifiers, why)."""
+    specifiers, _, why = item.partition(":")
+    return specifiers.strip(), why.strip()
+
+
 class CatalogEntry:
     """One validated catalog file. ``affected`` and ``fixed_in`` are parsed with
     ``packaging`` on first use only."""
@@ -73,9 +79,9 @@ class CatalogEntry:
         from packaging.specifiers import SpecifierSet
 
         for item in self.unpatched:
-            specifiers, _, why = item.partition(":")
+            specifiers, why = split_unpatched(item)
             if SpecifierSet(specifiers).contains(release, prereleases=True):
-                return why.strip()
+                return why
         return ""
 
     def upgrade_advice(self) -> str:
@@ -199,12 +205,12 @@ def validate(path: str, data: dict) -> CatalogEntry:
     if not isinstance(unpatched, list) or not all(isinstance(v, str) and ":" in v for v in unpatched):
         raise _Problem("unpatched", "must be a list of 'SPECIFIERS: why' strings")
     for item in unpatched:
-        specifiers, _, why = item.partition(":")
+        specifiers, why = split_unpatched(item)
         try:
             SpecifierSet(specifiers)
         except InvalidSpecifier as exc:
             raise _Problem("unpatched", f"{specifiers!r} is not a PEP 440 specifier set ({exc})") from None
-        if not why.strip():
+        if not why:
             raise _Problem("unpatched", f"{item!r} does not say why")
     fields.update(affected=",".join(specs), fixed_in=str(fixed_in), since=str(since),
                   upstream=[ref.strip() for ref in upstream], numerics_changed=[str(v) for v in changed_versions],
@@ -283,7 +289,8 @@ def load(extra_dirs=(), include_builtin: bool = True, use_index: bool = True) ->
                     problems.append(exc.problem)
         for entry in loaded:
             if entry.id in seen:
-                problems.append(CatalogProblem(entry.path, "id", f"{entry.id!r} is already defined in {seen[entry.id]}"))
+                problems.append(CatalogProblem(entry.path, "id",
+                                               f"{entry.id!r} is already defined in {seen[entry.id]}"))
                 continue
             seen[entry.id] = entry.path
             entries.append(entry)
