@@ -412,6 +412,18 @@ def bench_openrlhf(session):
                 env={"GRADFIX_CACHE": str(CACHE)})
 
 
+@nox.session(python=False)
+def bench_openrlhf_window(session):
+    """The window normaliser's own cost per step: gradfix's read-ahead on OpenRLHF 0.10.3 vs
+    0.10.4's built-in one, profiled in the same SFT run. Runs in the `openrlhf` session's
+    environment (run that session first); not part of the default run."""
+    python = CACHE / "nox" / "openrlhf" / "bin" / "python"
+    if not python.exists():
+        session.error("run `python -m nox -s openrlhf` first: this benchmark uses its environment and releases")
+    session.run(str(python), "benchmarks/openrlhf_window_cost.py", *session.posargs, external=True,
+                env={"GRADFIX_CACHE": str(CACHE)})
+
+
 @nox.session(python="3.11")
 def bench(session):
     """Start-up and import-cost benchmarks (not part of the default run)."""

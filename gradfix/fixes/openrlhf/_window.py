@@ -40,11 +40,13 @@ class WindowCounts:
     """Normalisers of one optimizer window, as OpenRLHF 0.10.4 passes them to its
     loss: tokens and non-empty sequences of the whole window (all ranks) / GA."""
 
-    __slots__ = ("dp_size", "batch_num_tokens", "global_batch_size", "local_tokens")
+    __slots__ = ("dp_size", "batch_num_tokens", "global_batch_size", "mask_shape")
 
-    def __init__(self, dp_size, batch_num_tokens, global_batch_size, local_tokens):
+    def __init__(self, dp_size, batch_num_tokens, global_batch_size, mask_shape):
         self.dp_size, self.batch_num_tokens, self.global_batch_size = dp_size, batch_num_tokens, global_batch_size
-        self.local_tokens = local_tokens  # of the one micro-batch, to check the loss sees the same mask
+        # Of the one micro-batch, to check the loss sees its mask. A shape, not a token count:
+        # reading a count back to the host would stall the device once per micro-batch.
+        self.mask_shape = mask_shape
 
 
 class Plan:
@@ -77,7 +79,7 @@ class Plan:
             dist.all_reduce(totals, op=dist.ReduceOp.SUM, group=self.dp_group)
         tokens, sequences = totals[0] / self.accumulation, totals[1] / self.accumulation
         self.patcher.hit()
-        return [WindowCounts(self.dp_size, tokens, sequences, int(mask.sum())) for mask in masks]
+        return [WindowCounts(self.dp_size, tokens, sequences, tuple(mask.shape)) for mask in masks]
 
 
 class WindowedLoader:
@@ -149,7 +151,7 @@ def take_pending(loss_mask):
     if pending.evaluating or not pending.queue:
         return None
     counts = pending.queue.popleft()
-    if int(loss_mask.sum()) != counts.local_tokens:
+    if tuple(loss_mask.shape) != counts.mask_shape:
         report.warning("gradfix: an OpenRLHF loss saw a different loss mask than the micro-batch the "
                        "dataloader yielded; this micro-batch keeps OpenRLHF's own normalisation")
         return None
