@@ -18,7 +18,6 @@ import json
 import os
 import subprocess
 import sys
-
 from pathlib import Path
 
 import pytest
@@ -26,7 +25,7 @@ from helpers import clean_env
 from tfrun import BUG, MATCH, NOT_CONFIGURED, affected, deepspeed_folder, releases, run_worker
 
 REPLACE_LIKE_UNSLOTH = """
-import inspect, json, textwrap, types
+import inspect, json, textwrap
 import transformers.trainer as trainer_module
 import gradfix
 from transformers import Trainer
@@ -37,8 +36,9 @@ namespace = dict(vars(trainer_module), __name__="unsloth.models._utils")
 exec(source.replace("def training_step", "def _unsloth_training_step", 1), namespace)
 Trainer.training_step = namespace["_unsloth_training_step"]
 
+original_get_batch_samples = vars(Trainer)["get_batch_samples"]
 def _unsloth_get_batch_samples(self, epoch_iterator, num_batches, *args):
-    return Trainer.get_batch_samples(self, epoch_iterator, num_batches, *args)
+    return original_get_batch_samples(self, epoch_iterator, num_batches, *args)
 _unsloth_get_batch_samples.__module__ = "unsloth_zoo.loss_utils"
 Trainer.get_batch_samples = _unsloth_get_batch_samples
 
