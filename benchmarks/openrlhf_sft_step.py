@@ -36,13 +36,20 @@ RUNS = {"fixed 0.10.4": ("0.10.4", False), "0.10.3 + gradfix": ("0.10.3", True),
         "0.9.10 unpatched": ("0.9.10", False), "fixed 0.10.4 (control)": ("0.10.4", False)}
 
 
-def seconds_per_step(release, patched, samples):
+def sft_result(release, patched, samples, profile=None):
+    """One SFT run through OpenRLHF's CLI (the tests' runner): its RESULT. ``profile``: run
+    it under cProfile and write the dump there."""
     env = release_env(release, DEEPSPEED, GRADFIX="1" if patched else "0")
+    prefix = [sys.executable] + (["-m", "cProfile", "-o", str(profile)] if profile else [])
     with tempfile.TemporaryDirectory(prefix="gradfix-bench-openrlhf-") as workdir:
-        proc = subprocess.run([sys.executable, str(RUNNER), "--workdir", workdir, "--samples", str(samples)],
+        proc = subprocess.run([*prefix, str(RUNNER), "--workdir", workdir, "--samples", str(samples)],
                               env=env, cwd=workdir, capture_output=True, text=True, check=True)
     line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))
-    return json.loads(line[len("RESULT "):])["seconds_per_step"]
+    return json.loads(line[len("RESULT "):])
+
+
+def seconds_per_step(release, patched, samples):
+    return sft_result(release, patched, samples)["seconds_per_step"]
 
 
 def main():

@@ -21,20 +21,15 @@ it with `python -m nox -s bench_openrlhf_window`.
 """
 
 import argparse
-import json
 import pstats
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-TESTS = Path(__file__).resolve().parent.parent / "tests"
-sys.path[:0] = [str(TESTS), str(TESTS / "openrlhf_releases")]
-from orlrun import RUNNER, release_env  # noqa: E402
+from openrlhf_sft_step import DEEPSPEED, sft_result  # the same runs, environments and DeepSpeed
 
 BUDGET = 1.01
-DEEPSPEED = "0.18.9"
 GA = 4  # sft_run.py's default: train batch 4, micro-batch 1, one rank
 # (file name ends with, function name, cumulative?) for each implementation's normaliser code
 GRADFIX_CODE = [("gradfix/fixes/openrlhf/_window.py", "counts", True),
@@ -44,17 +39,6 @@ GRADFIX_CODE = [("gradfix/fixes/openrlhf/_window.py", "counts", True),
                 ("gradfix/fixes/openrlhf/_sft.py", "window_loss", False)]
 UPSTREAM_CODE = [("openrlhf/utils/loss_utils.py", "_optimizer_step_loss_norm", True),
                  ("openrlhf/utils/loss_utils.py", "iter_grad_accum_global_norm", False)]
-
-
-def run(release, patched, samples, profile=None):
-    """One SFT run through OpenRLHF's CLI; its RESULT (and a cProfile dump at ``profile``)."""
-    env = release_env(release, DEEPSPEED, GRADFIX="1" if patched else "0")
-    prefix = [sys.executable] + (["-m", "cProfile", "-o", str(profile)] if profile else [])
-    with tempfile.TemporaryDirectory(prefix="gradfix-bench-window-") as workdir:
-        proc = subprocess.run([*prefix, str(RUNNER), "--workdir", workdir, "--samples", str(samples)],
-                              env=env, cwd=workdir, capture_output=True, text=True, check=True)
-    line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))
-    return json.loads(line[len("RESULT "):])
 
 
 def seconds_in(profile, code):
@@ -79,13 +63,13 @@ def main():
     steps = args.samples // GA
     with tempfile.TemporaryDirectory(prefix="gradfix-bench-profiles-") as folder:
         gradfix_profile, upstream_profile = Path(folder) / "gradfix.prof", Path(folder) / "upstream.prof"
-        patched = run("0.10.3", True, args.samples, gradfix_profile)
+        patched = sft_result("0.10.3", True, args.samples, gradfix_profile)
         assert patched["gradfix"]["openrlhf-sft-microbatch-mean-dp"]["state"] == "applied", patched["gradfix"]
-        run("0.10.4", False, args.samples, upstream_profile)
+        sft_result("0.10.4", False, args.samples, upstream_profile)
         ours_by_function = seconds_in(gradfix_profile, GRADFIX_CODE)
         theirs_by_function = seconds_in(upstream_profile, UPSTREAM_CODE)
     ours, theirs = sum(ours_by_function.values()) / steps, sum(theirs_by_function.values()) / steps
-    step = statistics.median(run("0.10.4", False, args.samples)["seconds_per_step"] for _ in range(args.repeats))
+    step = statistics.median(sft_result("0.10.4", False, args.samples)["seconds_per_step"] for _ in range(args.repeats))
     ratio = (step + ours) / (step + theirs)
     print(f"OpenRLHF SFT on CPU, DeepSpeed {DEEPSPEED} ZeRO-2, GA {GA}, {steps} optimizer steps, one rank")
     for label, total, by_function in (("gradfix (0.10.3)", ours, ours_by_function),

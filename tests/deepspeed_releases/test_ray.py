@@ -24,7 +24,8 @@ pytestmark = [
     pytest.mark.xdist_group("ray"),  # one cluster at a time on this machine
 ]
 
-ACTOR = """
+# An actor that reports, from its own process, the state of every DeepSpeed patch.
+TRAINER_ACTOR = """
 import json, sys
 import ray
 
@@ -34,7 +35,9 @@ class Trainer:
         import deepspeed  # the patch target, imported in the worker
         gradfix = sys.modules.get("gradfix")
         return {s.id: s.state for s in gradfix.status() if s.package == "deepspeed"} if gradfix else None
+"""
 
+ACTOR = TRAINER_ACTOR + """
 ray.init(address=sys.argv[1]{runtime_env})
 trainer = Trainer.remote()
 print("STATES " + json.dumps(ray.get(trainer.states.remote())), flush=True)
@@ -176,17 +179,7 @@ def test_cluster_started_with_gradfix_run():
 # `ray job submit`: the entrypoint runs as the job's driver inside the cluster, started by
 # Ray's job supervisor, so neither the submitting shell's environment nor anything the CLI
 # process imports reaches it except through the job's runtime_env.
-JOB = """
-import json, sys
-import ray
-
-@ray.remote(num_cpus=0)
-class Trainer:
-    def states(self):
-        import deepspeed  # the patch target, imported in the worker
-        gradfix = sys.modules.get("gradfix")
-        return {s.id: s.state for s in gradfix.status() if s.package == "deepspeed"} if gradfix else None
-
+JOB = TRAINER_ACTOR + """
 ray.init()
 print("DRIVER " + json.dumps("gradfix" in sys.modules and sys.modules["gradfix"].is_active()), flush=True)
 print("STATES " + json.dumps(ray.get(Trainer.remote().states.remote())), flush=True)
