@@ -305,14 +305,21 @@ def sweep(session):
     session.run("python", "tests/release_sweep/sweep.py", "deepspeed", "--since", "0.14.0", *session.posargs)
 
 
+def session_python(session, name, user):
+    """The interpreter of the default session ``name``'s environment, which ``user`` (a
+    sweep, a benchmark) runs in; stops with what to run first when it is not built yet."""
+    python = CACHE / "nox" / name / "bin" / "python"
+    if not python.exists():
+        session.error(f"run `python -m nox -s {name}` first: {user} uses its environment")
+    return python
+
+
 @nox.session(python=False)
 def sweep_llamafactory(session):
     """Release sweep of LLaMA-Factory 0.8.0 and later, in the `llamafactory` session's
     environment (run that session first): 0.9.3 and older on its transformers 4.52.4, newer
     releases on the 0.9.5 folder's transformers 4.57.6."""
-    python = CACHE / "nox" / "llamafactory" / "bin" / "python"
-    if not python.exists():
-        session.error("run `python -m nox -s llamafactory` first: the sweep uses its environment")
+    python = session_python(session, "llamafactory", "the sweep")
     script = ["tests/release_sweep/sweep.py", "llamafactory"]
     session.run(str(python), *script, "--since", "0.8.0", "--until", "0.9.3", external=True)
     session.run(str(python), *script, "--since", "0.9.4", "--stack", str(CACHE / "llamafactory" / "lf-0.9.5"),
@@ -330,9 +337,7 @@ TRANSFORMERS_SWEEP = [("4.45.0", "4.46.3", "transformers/tf-4.46.2"), ("4.47.0",
 def sweep_transformers(session):
     """Release sweep of transformers 4.45.0 and later, in the `transformers` session's
     environment (run that session first; 5.x on the venv's own stack)."""
-    python = CACHE / "nox" / "transformers" / "bin" / "python"
-    if not python.exists():
-        session.error("run `python -m nox -s transformers` first: the sweep uses its environment")
+    python = session_python(session, "transformers", "the sweep")
     for since, until, stack in TRANSFORMERS_SWEEP:
         options = ["--since", since]
         options += ["--until", until] if until else []
@@ -349,9 +354,7 @@ TRL_SWEEP = [("0.20.0", "0.29.1", "trl/trl-0.22.2"), ("1.0.0", None, None)]
 def sweep_trl(session):
     """Release sweep of TRL 0.20.0 and later, in the `transformers` session's environment
     (run that session first)."""
-    python = CACHE / "nox" / "transformers" / "bin" / "python"
-    if not python.exists():
-        session.error("run `python -m nox -s transformers` first: the sweep uses its environment")
+    python = session_python(session, "transformers", "the sweep")
     for since, until, stack in TRL_SWEEP:
         options = ["--since", since, *(["--until", until] if until else [])]
         options += ["--stack", str(CACHE / stack)] if stack else []
@@ -362,9 +365,7 @@ def sweep_trl(session):
 def sweep_accelerate(session):
     """Release sweep of accelerate 0.25.0 and later, in the `transformers` session's venv
     (run that session first; each release is put in front of the venv's accelerate)."""
-    python = CACHE / "nox" / "transformers" / "bin" / "python"
-    if not python.exists():
-        session.error("run `python -m nox -s transformers` first: the sweep uses its environment")
+    python = session_python(session, "transformers", "the sweep")
     session.run(str(python), "tests/release_sweep/sweep.py", "accelerate", "--since", "0.25.0", external=True)
 
 
@@ -379,9 +380,7 @@ OPENRLHF_SWEEP = [("0.5.0", "0.6.4.post99", "0.6.4"), ("0.7.0", "0.7.5.post99", 
 def sweep_openrlhf(session):
     """Release sweep of OpenRLHF 0.5.0 and later, in the `openrlhf` session's environment
     (run that session first), with the import-only flash-attn and vLLM stand-ins."""
-    python = CACHE / "nox" / "openrlhf" / "bin" / "python"
-    if not python.exists():
-        session.error("run `python -m nox -s openrlhf` first: the sweep uses its environment")
+    python = session_python(session, "openrlhf", "the sweep")
     stubs = HERE / "tests" / "openrlhf_releases" / "stubs"
     for since, until, tested in OPENRLHF_SWEEP:
         deepspeed = OPENRLHF_RELEASES[tested][1]
@@ -405,9 +404,7 @@ def bench_deepspeed(session):
 def bench_openrlhf(session):
     """Step time of OpenRLHF 0.10.3 / 0.9.10 + gradfix vs 0.10.4's own normalisation. Runs in the
     `openrlhf` session's environment (run that session first); not part of the default run."""
-    python = CACHE / "nox" / "openrlhf" / "bin" / "python"
-    if not python.exists():
-        session.error("run `python -m nox -s openrlhf` first: this benchmark uses its environment and releases")
+    python = session_python(session, "openrlhf", "this benchmark")
     session.run(str(python), "benchmarks/openrlhf_sft_step.py", *session.posargs, external=True,
                 env={"GRADFIX_CACHE": str(CACHE)})
 
@@ -417,9 +414,7 @@ def bench_openrlhf_window(session):
     """The window normaliser's own cost per step: gradfix's read-ahead on OpenRLHF 0.10.3 vs
     0.10.4's built-in one, profiled in the same SFT run. Runs in the `openrlhf` session's
     environment (run that session first); not part of the default run."""
-    python = CACHE / "nox" / "openrlhf" / "bin" / "python"
-    if not python.exists():
-        session.error("run `python -m nox -s openrlhf` first: this benchmark uses its environment and releases")
+    python = session_python(session, "openrlhf", "this benchmark")
     session.run(str(python), "benchmarks/openrlhf_window_cost.py", *session.posargs, external=True,
                 env={"GRADFIX_CACHE": str(CACHE)})
 
