@@ -1,0 +1,257 @@
+"""One OpenRLHF PPO actor training phase on CPU with the real trainer code, run as a
+plain script so that gradfix is active only through GRADFIX=1.
+
+What Ray would do is done here in one process per rank (torchrun starts the ranks):
+the arguments come from OpenRLHF's own CLI (``openrlhf.cli.train_ppo_ray``, stopped
+where it builds the strategy, before any Ray call), and the release's own policy
+actor class (the class under its ``@ray.remote``) builds the DeepSpeed actor, its
+optimizer and its ``ActorPPOTrainer`` with ``init_model_from_pretrained``. The
+replay buffer is filled with experiences of very uneven response lengths, the old
+log-probs being the model's own (so the PPO ratio is 1), and the trainer's real
+``ppo_train`` runs. One ``RESULT`` line (JSON) on rank 0:
+
+* ``grad_norms``: DeepSpeed's global gradient norm at every optimizer step;
+* ``reference`` (with ``--reference``): the plain PyTorch loss of 0.10.4+, one token
+  mean of ``-A * ratio`` over each optimizer window (all micro-batches of all
+  ranks, windows restarting every epoch as OpenRLHF's do), and its gradient norm
+  at the initial weights, from the experiences the trainer's dataloader yields;
+* ``gradfix``: the patch records, or None when gradfix was not imported.
+"""
+
+import argparse
+import json
+import os
+import runpy
+import sys
+
+import torch
+
+from sft_run import distributed_environment, gradfix_records, neutralise_cuda_calls, openrlhf_version, write_inputs
+
+
+def parse_args():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--samples", type=int, default=8, help="experiences per rank")
+    parser.add_argument("--micro-batch", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=4, help="train batch size (all ranks)")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--reference", action="store_true")
+    return parser.parse_args()
+
+
+def cli_arguments(args, model_dir, save_dir, world):
+    """The CLI flags of a PPO run with a remote reward (no reward or critic model)."""
+    if openrlhf_version() >= (0, 10, 2):  # dotted flags
+        flags = ["--actor.model_name_or_path", model_dir, "--reward.remote_url", "http://127.0.0.1:1",
+                 "--algo.advantage.estimator", "reinforce", "--algo.kl.init_coef", 0,
+                 "--train.micro_batch_size", args.micro_batch, "--train.batch_size", args.batch,
+                 "--rollout.micro_batch_size", args.micro_batch, "--rollout.batch_size", args.batch,
+                 "--train.max_epochs", args.epochs, "--actor.adam.lr", 1e-30, "--ds.zero_stage", 2,
+                 "--ds.param_dtype", "bf16", "--ds.attn_implementation", "eager", "--ckpt.output_dir", save_dir,
+                 "--actor.num_gpus_per_node", world, "--train.seed", 42]
+        return [str(flag) for flag in flags]
+    flags = ["--pretrain", model_dir, "--remote_rm_url", "http://127.0.0.1:1", "--advantage_estimator", "reinforce",
+             "--init_kl_coef", 0, "--micro_train_batch_size", args.micro_batch, "--train_batch_size", args.batch,
+             "--micro_rollout_batch_size", args.micro_batch, "--rollout_batch_size", args.batch,
+             "--max_epochs", args.epochs, "--actor_learning_rate", 1e-30, "--zero_stage", 2,
+             "--save_path", save_dir, "--actor_num_gpus_per_node", world, "--seed", 42]
+    flags += ["--param_dtype", "bf16"] if openrlhf_version() >= (0, 9, 0) else ["--bf16"]
+    flags += ["--attn_implementation", "eager"] if openrlhf_version() >= (0, 8, 0) else []
+    return [str(flag) for flag in flags]
+
+
+class _Strategy(Exception):
+    def __init__(self, strategy):
+        super().__init__("strategy captured")
+        self.strategy = strategy
+
+
+def strategy_from_cli(argv):
+    """Run the release's PPO CLI up to ``get_strategy(args)`` and return that strategy."""
+    import ray
+
+    import openrlhf.utils
+
+    real = openrlhf.utils.get_strategy
+
+    def capture(args):
+        raise _Strategy(real(args))
+
+    ray.is_initialized = lambda: True  # so that train() does not start Ray
+    openrlhf.utils.get_strategy = capture
+    sys.argv = ["train_ppo_ray", *argv]
+    try:
+        runpy.run_module("openrlhf.cli.train_ppo_ray", run_name="__main__")
+    except _Strategy as captured:
+        return captured.strategy
+    finally:
+        openrlhf.utils.get_strategy = real
+    raise RuntimeError("the PPO CLI never built its strategy")
+
+
+def policy_trainer(strategy, model_dir, max_steps):
+    """The release's own policy actor (the class under @ray.remote), initialised as
+    Ray would, and its ActorPPOTrainer."""
+    from openrlhf.trainer.ray import ppo_actor
+
+    remote = getattr(ppo_actor, "PolicyModelActor", None) or ppo_actor.ActorModelRayActor
+    actor_class = remote.__ray_metadata__.modified_class
+    role = actor_class.__new__(actor_class)  # Ray's __init__ only sets the rendezvous variables torchrun set
+    buffer_class = ppo_actor.NaiveReplayBuffer
+    original_init = buffer_class.__init__
+
+    def buffer_init(buffer, *args, **kwargs):  # it names its device "cuda:{current_device()}"
+        torch.cuda.current_device = lambda: 0
+        try:
+            original_init(buffer, *args, **kwargs)
+        finally:
+            torch.cuda.current_device = lambda: "cpu"
+        buffer.target_device = torch.device("cpu")
+
+    buffer_class.__init__ = buffer_init
+    role.init_model_from_pretrained(strategy, model_dir, max_steps, None)
+    return role.trainer
+
+
+def experience_class():
+    try:
+        from openrlhf.trainer.ppo_utils.experience import Experience
+    except ImportError:  # 0.7.x-0.8.x
+        from openrlhf.trainer.ppo_utils.experience_maker import Experience
+    return Experience
+
+
+def response_lengths(samples, rank):
+    lengths = [3, 180, 9, 420, 5, 90, 240, 14, 2, 300, 40, 7, 600, 11, 60, 150]
+    return [lengths[(i + 5 * rank) % len(lengths)] for i in range(samples)]
+
+
+def experiences(trainer, samples, rank):
+    """One experience per sample (the buffer's own split and collate make the
+    micro-batches): a prompt of 8 tokens, a response of very uneven length, left
+    padding to the longest, fixed random advantages, old log-probs = the model's."""
+    generator = torch.Generator().manual_seed(1000 + rank)
+    lengths = response_lengths(samples, rank)
+    prompt, width = 8, max(lengths)
+    sequences = torch.full((samples, prompt + width), 0, dtype=torch.long)
+    attention = torch.zeros_like(sequences)
+    action_mask = torch.zeros((samples, width), dtype=torch.bool)
+    for i, length in enumerate(lengths):
+        tokens = torch.randint(3, 32, (prompt + length,), generator=generator)
+        sequences[i, :prompt] = tokens[:prompt]
+        sequences[i, prompt:prompt + length] = tokens[prompt:]
+        attention[i, :prompt + length] = 1
+        action_mask[i, :length] = True
+    advantages = torch.randn((samples, width), generator=generator) * action_mask
+    with torch.no_grad():
+        old = trainer.actor(sequences, action_mask, attention_mask=attention)
+    fields = dict(sequences=sequences, attention_mask=attention, action_mask=action_mask,
+                  action_log_probs=old.float(), base_action_log_probs=old.float(),
+                  values=torch.zeros_like(advantages), returns=advantages.clone(), advantages=advantages,
+                  info={"response_length": torch.tensor(lengths, dtype=torch.float),
+                        "total_length": torch.tensor([prompt + n for n in lengths], dtype=torch.float),
+                        "reward": torch.zeros(samples), "return": torch.zeros(samples)})
+    Experience = experience_class()
+    names = {f.name for f in __import__("dataclasses").fields(Experience)}
+    if "response_length" in names:
+        fields.update(response_length=fields["info"]["response_length"], total_length=fields["info"]["total_length"],
+                      rewards=torch.zeros(samples))
+    return Experience(**{name: value for name, value in fields.items() if name in names})
+
+
+class Observer:
+    """DeepSpeed's grad norm at every optimizer step, and the experiences trained on."""
+
+    def __init__(self):
+        self.grad_norms, self.trained = [], []
+
+    def install(self, trainer):
+        from deepspeed.runtime.engine import DeepSpeedEngine
+
+        observer, original_step = self, DeepSpeedEngine.step
+
+        def step(engine, *a, **k):
+            before = engine.global_steps
+            result = original_step(engine, *a, **k)
+            if engine.global_steps != before:
+                norm = engine.get_global_grad_norm()
+                observer.grad_norms.append(float(norm) if norm is not None else None)
+            return result
+
+        DeepSpeedEngine.step = step
+
+        experience_type = experience_class()
+        original_move = experience_type.to_device
+
+        def to_device(experience, device, *a, **k):
+            result = original_move(experience, device, *a, **k)
+            observer.trained.append((experience.sequences.clone(), experience.attention_mask.clone(),
+                                     experience.action_mask.clone(), experience.advantages.clone()))
+            return result
+
+        experience_type.to_device = to_device
+
+
+def reference(model_dir, per_rank_trained, accumulation, per_epoch):
+    """The window token mean of -A * ratio (ratio 1 at the initial weights) and its
+    gradient norm, in fp32; windows restart at every epoch, as in OpenRLHF 0.10.4+."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32, attn_implementation="eager")
+    norms = []
+    epochs = len(per_rank_trained[0]) // per_epoch
+    for epoch in range(epochs):
+        for start in range(0, per_epoch, accumulation):
+            model.zero_grad()
+            picked = [b for trained in per_rank_trained
+                      for b in trained[epoch * per_epoch + start:epoch * per_epoch + min(start + accumulation, per_epoch)]]
+            tokens = sum(float(action_mask.sum()) for _, _, action_mask, _ in picked)
+            for sequences, attention, action_mask, advantages in picked:
+                logits = model(sequences, attention_mask=attention).logits[:, :-1].float()
+                logp = torch.log_softmax(logits, dim=-1).gather(-1, sequences[:, 1:].unsqueeze(-1)).squeeze(-1)
+                logp = logp[:, -action_mask.shape[1]:]
+                ratio = torch.exp(logp - logp.detach())
+                loss = (-advantages * ratio * action_mask).sum() / tokens
+                loss.backward()
+            norms.append(float(torch.sqrt(sum(p.grad.pow(2).sum() for p in model.parameters()
+                                              if p.grad is not None))))
+    return {"grad_norms": norms}
+
+
+def main():
+    args = parse_args()
+    neutralise_cuda_calls()
+    torch.cuda.empty_cache = lambda: None
+    distributed_environment()
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    workdir = os.path.join(args.workdir, f"rank{rank}")
+    os.makedirs(workdir, exist_ok=True)
+    model_dir, _ = write_inputs(workdir, 1)
+
+    strategy = strategy_from_cli(cli_arguments(args, model_dir, os.path.join(workdir, "out"), world))
+    trainer = policy_trainer(strategy, model_dir, max_steps=1000)
+    trainer.replay_buffer.append(experiences(trainer, args.samples, rank))
+    observer = Observer()
+    observer.install(trainer)
+    trainer.ppo_train(0.0)
+
+    import torch.distributed as dist
+
+    result = {"grad_norms": observer.grad_norms, "gradfix": gradfix_records()}
+    if args.reference:
+        everyone = [observer.trained]
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            everyone = [None] * dist.get_world_size()
+            dist.all_gather_object(everyone, observer.trained)
+        per_epoch = len(observer.trained) // args.epochs
+        result["reference"] = reference(model_dir, everyone, strategy.accumulated_gradient, per_epoch)
+    if rank == 0:
+        print("RESULT " + json.dumps(result), flush=True)
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

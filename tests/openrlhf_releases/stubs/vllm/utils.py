@@ -1,0 +1,1 @@
+from vllm import _unavailable as random_uuid  # noqa: F401
