@@ -1,24 +1,27 @@
-"""One OpenRLHF PPO actor training phase on CPU with the real trainer code, run as a
-plain script so that gradfix is active only through GRADFIX=1.
+"""One OpenRLHF PPO actor or critic training phase on CPU with the real trainer code,
+run as a plain script so that gradfix is active only through GRADFIX=1.
 
 What Ray would do is done here in one process per rank (torchrun starts the ranks):
 the arguments come from OpenRLHF's own CLI (``openrlhf.cli.train_ppo_ray``, stopped
-where it builds the strategy, before any Ray call), and the release's own policy
-actor class (the class under its ``@ray.remote``) builds the DeepSpeed actor, its
-optimizer and its ``ActorPPOTrainer`` with ``init_model_from_pretrained``. The
-replay buffer is filled with experiences of very uneven response lengths, the old
-log-probs being the model's own (so the PPO ratio is 1), and the trainer's real
+where it builds the strategy, before any Ray call), and the release's own policy or
+critic actor class (the class under its ``@ray.remote``) builds the DeepSpeed model,
+its optimizer and its ``ActorPPOTrainer``/``CriticPPOTrainer`` with
+``init_model_from_pretrained``. The replay buffer is filled with experiences of very
+uneven response lengths, the old log-probs and old values being the model's own (so
+the PPO ratio is 1 and the value clip is inactive), and the trainer's real
 ``ppo_train`` runs. One ``RESULT`` line (JSON) on rank 0:
 
 * ``grad_norms``: DeepSpeed's global gradient norm at every optimizer step;
 * ``reference`` (with ``--reference``): the plain PyTorch loss of 0.10.4+, one token
-  mean of ``-A * ratio`` over each optimizer window (all micro-batches of all
-  ranks, windows restarting every epoch as OpenRLHF's do), and its gradient norm
-  at the initial weights, from the experiences the trainer's dataloader yields;
+  mean over each optimizer window (all micro-batches of all ranks, windows
+  restarting every epoch as OpenRLHF's do) of ``-A * ratio`` (actor) or
+  ``(V - R)^2 / 2`` (critic), and its gradient norm at the initial weights, in fp32,
+  from the experiences the trainer's dataloader yields;
 * ``gradfix``: the patch records, or None when gradfix was not imported.
 """
 
 import argparse
+import copy
 import json
 import os
 import runpy
@@ -36,25 +39,32 @@ def parse_args():
     parser.add_argument("--micro-batch", type=int, default=1)
     parser.add_argument("--batch", type=int, default=4, help="train batch size (all ranks)")
     parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--zero", type=int, default=2)
+    parser.add_argument("--role", choices=["actor", "critic"], default="actor")
     parser.add_argument("--reference", action="store_true")
     return parser.parse_args()
 
 
 def cli_arguments(args, model_dir, save_dir, world):
-    """The CLI flags of a PPO run with a remote reward (no reward or critic model)."""
+    """The CLI flags of a PPO run with a remote reward (no reward model); GAE, with a
+    critic of the same model, for ``--role critic``."""
+    critic = args.role == "critic"
     if openrlhf_version() >= (0, 10, 2):  # dotted flags
         flags = ["--actor.model_name_or_path", model_dir, "--reward.remote_url", "http://127.0.0.1:1",
-                 "--algo.advantage.estimator", "reinforce", "--algo.kl.init_coef", 0,
+                 "--algo.advantage.estimator", "gae" if critic else "reinforce", "--algo.kl.init_coef", 0,
+                 "--critic.adam.lr", 1e-30, "--critic.num_gpus_per_node", world,
                  "--train.micro_batch_size", args.micro_batch, "--train.batch_size", args.batch,
                  "--rollout.micro_batch_size", args.micro_batch, "--rollout.batch_size", args.batch,
-                 "--train.max_epochs", args.epochs, "--actor.adam.lr", 1e-30, "--ds.zero_stage", 2,
+                 "--train.max_epochs", args.epochs, "--actor.adam.lr", 1e-30, "--ds.zero_stage", args.zero,
                  "--ds.param_dtype", "bf16", "--ds.attn_implementation", "eager", "--ckpt.output_dir", save_dir,
                  "--actor.num_gpus_per_node", world, "--train.seed", 42]
         return [str(flag) for flag in flags]
-    flags = ["--pretrain", model_dir, "--remote_rm_url", "http://127.0.0.1:1", "--advantage_estimator", "reinforce",
-             "--init_kl_coef", 0, "--micro_train_batch_size", args.micro_batch, "--train_batch_size", args.batch,
+    flags = ["--pretrain", model_dir, "--remote_rm_url", "http://127.0.0.1:1",
+             "--advantage_estimator", "gae" if critic else "reinforce", "--init_kl_coef", 0,
+             "--critic_learning_rate", 1e-30, "--critic_num_gpus_per_node", world,
+             "--micro_train_batch_size", args.micro_batch, "--train_batch_size", args.batch,
              "--micro_rollout_batch_size", args.micro_batch, "--rollout_batch_size", args.batch,
-             "--max_epochs", args.epochs, "--actor_learning_rate", 1e-30, "--zero_stage", 2,
+             "--max_epochs", args.epochs, "--actor_learning_rate", 1e-30, "--zero_stage", args.zero,
              "--save_path", save_dir, "--actor_num_gpus_per_node", world, "--seed", 42]
     flags += ["--param_dtype", "bf16"] if openrlhf_version() >= (0, 9, 0) else ["--bf16"]
     flags += ["--attn_implementation", "eager"] if openrlhf_version() >= (0, 8, 0) else []
@@ -90,14 +100,19 @@ def strategy_from_cli(argv):
     raise RuntimeError("the PPO CLI never built its strategy")
 
 
-def policy_trainer(strategy, model_dir, max_steps):
-    """The release's own policy actor (the class under @ray.remote), initialised as
-    Ray would, and its ActorPPOTrainer."""
-    from openrlhf.trainer.ray import ppo_actor
+def ppo_trainer(role, strategy, model_dir, max_steps):
+    """The release's own policy or critic actor (the class under @ray.remote),
+    initialised as Ray would, and its PPO trainer."""
+    from openrlhf.trainer.ray import ppo_actor, ppo_critic
 
-    remote = getattr(ppo_actor, "PolicyModelActor", None) or ppo_actor.ActorModelRayActor
+    if role == "actor":
+        remote = getattr(ppo_actor, "PolicyModelActor", None) or ppo_actor.ActorModelRayActor
+        arguments = (strategy, model_dir, max_steps, None)
+    else:
+        remote = getattr(ppo_critic, "CriticModelActor", None) or ppo_critic.CriticModelRayActor
+        arguments = (strategy, model_dir, max_steps)
     actor_class = remote.__ray_metadata__.modified_class
-    role = actor_class.__new__(actor_class)  # Ray's __init__ only sets the rendezvous variables torchrun set
+    instance = actor_class.__new__(actor_class)  # Ray's __init__ only sets the rendezvous variables torchrun set
     buffer_class = ppo_actor.NaiveReplayBuffer
     original_init = buffer_class.__init__
 
@@ -110,8 +125,8 @@ def policy_trainer(strategy, model_dir, max_steps):
         buffer.target_device = torch.device("cpu")
 
     buffer_class.__init__ = buffer_init
-    role.init_model_from_pretrained(strategy, model_dir, max_steps, None)
-    return role.trainer
+    instance.init_model_from_pretrained(*arguments)
+    return instance.trainer
 
 
 def experience_class():
@@ -127,10 +142,11 @@ def response_lengths(samples, rank):
     return [lengths[(i + 5 * rank) % len(lengths)] for i in range(samples)]
 
 
-def experiences(trainer, samples, rank):
+def experiences(trainer, role, samples, rank):
     """One experience per sample (the buffer's own split and collate make the
-    micro-batches): a prompt of 8 tokens, a response of very uneven length, left
-    padding to the longest, fixed random advantages, old log-probs = the model's."""
+    micro-batches): a prompt of 8 tokens, a response of very uneven length, right
+    padding to the longest, fixed random advantages and returns, old log-probs or
+    old values = the model's."""
     generator = torch.Generator().manual_seed(1000 + rank)
     lengths = response_lengths(samples, rank)
     prompt, width = 8, max(lengths)
@@ -144,11 +160,17 @@ def experiences(trainer, samples, rank):
         attention[i, :prompt + length] = 1
         action_mask[i, :length] = True
     advantages = torch.randn((samples, width), generator=generator) * action_mask
+    returns = torch.randn((samples, width), generator=generator) * action_mask
     with torch.no_grad():
-        old = trainer.actor(sequences, action_mask, attention_mask=attention)
+        if role == "actor":
+            old_log_probs, old_values = trainer.actor(sequences, action_mask, attention_mask=attention).float(), None
+        else:
+            old_values = trainer.critic(sequences, action_mask=action_mask, attention_mask=attention).float()
+            old_log_probs = torch.zeros_like(advantages)
     fields = dict(sequences=sequences, attention_mask=attention, action_mask=action_mask,
-                  action_log_probs=old.float(), base_action_log_probs=old.float(),
-                  values=torch.zeros_like(advantages), returns=advantages.clone(), advantages=advantages,
+                  action_log_probs=old_log_probs, base_action_log_probs=old_log_probs,
+                  values=old_values if old_values is not None else torch.zeros_like(advantages),
+                  returns=returns, advantages=advantages,
                   info={"response_length": torch.tensor(lengths, dtype=torch.float),
                         "total_length": torch.tensor([prompt + n for n in lengths], dtype=torch.float),
                         "reward": torch.zeros(samples), "return": torch.zeros(samples)})
@@ -166,7 +188,7 @@ class Observer:
     def __init__(self):
         self.grad_norms, self.trained = [], []
 
-    def install(self, trainer):
+    def install(self):
         from deepspeed.runtime.engine import DeepSpeedEngine
 
         observer, original_step = self, DeepSpeedEngine.step
@@ -187,33 +209,50 @@ class Observer:
         def to_device(experience, device, *a, **k):
             result = original_move(experience, device, *a, **k)
             observer.trained.append((experience.sequences.clone(), experience.attention_mask.clone(),
-                                     experience.action_mask.clone(), experience.advantages.clone()))
+                                     experience.action_mask.clone(), experience.advantages.clone(),
+                                     experience.returns.clone()))
             return result
 
         experience_type.to_device = to_device
 
 
-def reference(model_dir, per_rank_trained, accumulation, per_epoch):
-    """The window token mean of -A * ratio (ratio 1 at the initial weights) and its
-    gradient norm, in fp32; windows restart at every epoch, as in OpenRLHF 0.10.4+."""
-    from transformers import AutoModelForCausalLM
+def policy_loss_sum(model):
+    """sum of -A * ratio over a micro-batch's response tokens (ratio 1, its gradient
+    that of log p), computed from the plain Hugging Face model."""
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32, attn_implementation="eager")
+    def loss_sum(sequences, attention, action_mask, advantages, returns):
+        logits = model(sequences, attention_mask=attention).logits[:, :-1].float()
+        logp = torch.log_softmax(logits, dim=-1).gather(-1, sequences[:, 1:].unsqueeze(-1)).squeeze(-1)
+        logp = logp[:, -action_mask.shape[1]:]
+        return (-advantages * torch.exp(logp - logp.detach()) * action_mask).sum()
+
+    return loss_sum
+
+
+def value_loss_sum(critic):
+    """sum of (V - R)^2 / 2 over a micro-batch's response tokens, V from an fp32 copy
+    of the release's own critic module (its value head included)."""
+
+    def loss_sum(sequences, attention, action_mask, advantages, returns):
+        values = critic(sequences, action_mask=action_mask, attention_mask=attention).float()
+        return 0.5 * ((values - returns) ** 2 * action_mask).sum()
+
+    return loss_sum
+
+
+def reference(model, loss_sum, per_rank_trained, accumulation, per_epoch):
+    """The window token mean of the loss and its gradient norm, in fp32 at the initial
+    weights; windows restart at every epoch, as in OpenRLHF 0.10.4+."""
     norms = []
     epochs = len(per_rank_trained[0]) // per_epoch
     for epoch in range(epochs):
         for start in range(0, per_epoch, accumulation):
             model.zero_grad()
-            picked = [b for trained in per_rank_trained
-                      for b in trained[epoch * per_epoch + start:epoch * per_epoch + min(start + accumulation, per_epoch)]]
-            tokens = sum(float(action_mask.sum()) for _, _, action_mask, _ in picked)
-            for sequences, attention, action_mask, advantages in picked:
-                logits = model(sequences, attention_mask=attention).logits[:, :-1].float()
-                logp = torch.log_softmax(logits, dim=-1).gather(-1, sequences[:, 1:].unsqueeze(-1)).squeeze(-1)
-                logp = logp[:, -action_mask.shape[1]:]
-                ratio = torch.exp(logp - logp.detach())
-                loss = (-advantages * ratio * action_mask).sum() / tokens
-                loss.backward()
+            first, end = epoch * per_epoch + start, epoch * per_epoch + min(start + accumulation, per_epoch)
+            picked = [batch for trained in per_rank_trained for batch in trained[first:end]]
+            tokens = sum(float(batch[2].sum()) for batch in picked)
+            for batch in picked:
+                (loss_sum(*batch) / tokens).backward()
             norms.append(float(torch.sqrt(sum(p.grad.pow(2).sum() for p in model.parameters()
                                               if p.grad is not None))))
     return {"grad_norms": norms}
@@ -230,11 +269,13 @@ def main():
     model_dir, _ = write_inputs(workdir, 1)
 
     strategy = strategy_from_cli(cli_arguments(args, model_dir, os.path.join(workdir, "out"), world))
-    trainer = policy_trainer(strategy, model_dir, max_steps=1000)
-    trainer.replay_buffer.append(experiences(trainer, args.samples, rank))
+    trainer = ppo_trainer(args.role, strategy, model_dir, max_steps=1000)
+    trainer.replay_buffer.append(experiences(trainer, args.role, args.samples, rank))
+    if args.role == "critic":  # an fp32 copy of the critic as it starts, for the reference
+        start = copy.deepcopy(trainer.critic.module).float()
     observer = Observer()
-    observer.install(trainer)
-    trainer.ppo_train(0.0)
+    observer.install()
+    trainer.ppo_train(0.0) if args.role == "actor" else trainer.ppo_train()
 
     import torch.distributed as dist
 
@@ -244,8 +285,16 @@ def main():
         if dist.is_initialized() and dist.get_world_size() > 1:
             everyone = [None] * dist.get_world_size()
             dist.all_gather_object(everyone, observer.trained)
+        if args.role == "actor":
+            from transformers import AutoModelForCausalLM
+
+            start = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32,
+                                                         attn_implementation="eager")
+            loss_sum = policy_loss_sum(start)
+        else:
+            loss_sum = value_loss_sum(start)
         per_epoch = len(observer.trained) // args.epochs
-        result["reference"] = reference(model_dir, everyone, strategy.accumulated_gradient, per_epoch)
+        result["reference"] = reference(start, loss_sum, everyone, strategy.accumulated_gradient, per_epoch)
     if rank == 0:
         print("RESULT " + json.dumps(result), flush=True)
     if dist.is_initialized():

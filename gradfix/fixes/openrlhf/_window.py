@@ -27,13 +27,16 @@ from itertools import islice
 from gradfix import report
 
 
-class _Pending(threading.local):
+class Pending(threading.local):
+    """Counts of yielded, not yet trained micro-batches, in yield order (one queue
+    per thread and per kind of trainer)."""
+
     def __init__(self):
         self.queue = collections.deque()  # WindowCounts of yielded, not yet trained micro-batches
         self.evaluating = False
 
 
-pending = _Pending()
+pending = Pending()  # the SFT trainers'
 
 
 class WindowCounts:
@@ -145,12 +148,12 @@ class WindowedLoader:
         return iter(self._loader)
 
 
-def take_pending(loss_mask):
+def take_pending(loss_mask, waiting=pending):
     """The counts for this loss call, or None when it is not the training loss of a
     yielded micro-batch (evaluation, another trainer, or a mask that differs)."""
-    if pending.evaluating or not pending.queue:
+    if waiting.evaluating or not waiting.queue:
         return None
-    counts = pending.queue.popleft()
+    counts = waiting.queue.popleft()
     if tuple(loss_mask.shape) != counts.mask_shape:
         report.warning("gradfix: an OpenRLHF loss saw a different loss mask than the micro-batch the "
                        "dataloader yielded; this micro-batch keeps OpenRLHF's own normalisation")

@@ -1,0 +1,18 @@
+"""openrlhf-ppo-critic-microbatch-mean: OpenRLHF 0.7.0-0.10.2 PPO critic training
+averages each micro-batch's loss over its own tokens, then DeepSpeed averages
+micro-batches and ranks equally (``_ppo_microbatch``)."""
+
+from . import _ppo, _ppo_microbatch
+
+ROLE = _ppo.CRITIC
+TARGET = ROLE.target
+REPLACES = ("CriticPPOTrainer.ppo_train", "CriticPPOTrainer.training_step")
+HITS, UNREACHED = _ppo.HITS, ROLE.unreached
+
+
+def probe(module):
+    return _ppo_microbatch.probe(module, ROLE)
+
+
+def apply(module, patcher):
+    _ppo_microbatch.apply(module, ROLE, patcher)
