@@ -164,6 +164,10 @@ OPENRLHF_RELEASES = {
     "0.11.1": ("5.15.0", "0.19.8", []),
     "0.11.2": ("5.15.0", "0.19.8", []),
 }
+# The PPO critic tests' DeepSpeed: 0.18.3 and later divide the gradient reaching every tensor a
+# forward returns by GA, and OpenRLHF's critic returns its backbone's output with the values, so
+# its backbone gets 1/GA twice, on the fixed OpenRLHF as well (tests/openrlhf_releases/test_ppo.py).
+OPENRLHF_CRITIC_DEEPSPEED = "0.18.2"
 # What OpenRLHF's SFT and PPO imports need (it pins ray, flash-attn and deepspeed
 # exactly, so it is installed without dependencies).
 OPENRLHF_DEPENDENCIES = ["transformers==5.15.0", "peft", "accelerate", "datasets", "einops", "jsonlines",
@@ -179,13 +183,15 @@ def openrlhf(session):
     install_cached(session, *TEST_REQUIREMENTS, "pytest-xdist", "wrapt>=2,<3", *DEEPSPEED_DEPENDENCIES,
                    *OPENRLHF_DEPENDENCIES)
     install_gradfix(session)
-    install_deepspeed_releases(session, sorted({deepspeed for _, deepspeed, _ in OPENRLHF_RELEASES.values()}))
+    install_deepspeed_releases(session, sorted({deepspeed for _, deepspeed, _ in OPENRLHF_RELEASES.values()}
+                                               | {OPENRLHF_CRITIC_DEEPSPEED}))
     for release, (transformers, _, extras) in OPENRLHF_RELEASES.items():
         install_into_folder(session, CACHE / "openrlhf" / f"orl-{release}", f"openrlhf=={release}",
                             f"transformers=={transformers}", *extras)
     stacks = {release: deepspeed for release, (_, deepspeed, _) in OPENRLHF_RELEASES.items()}
     session.run("pytest", "-q", "-n", str(min(os.cpu_count() or 1, 2)), "tests/openrlhf_releases",
-                *session.posargs, env={"GRADFIX_OPENRLHF_RELEASES": json.dumps(stacks), "GRADFIX_CACHE": str(CACHE)})
+                *session.posargs, env={"GRADFIX_OPENRLHF_RELEASES": json.dumps(stacks), "GRADFIX_CACHE": str(CACHE),
+                                       "GRADFIX_OPENRLHF_CRITIC_DEEPSPEED": OPENRLHF_CRITIC_DEEPSPEED})
 
 
 # transformers release -> what its folder also needs (the hub, tokenizers and accelerate it

@@ -27,7 +27,7 @@ from pathlib import Path
 # The runs are the test suite's: its runner and its environment for a cached release.
 TESTS = Path(__file__).resolve().parent.parent / "tests"
 sys.path[:0] = [str(TESTS), str(TESTS / "openrlhf_releases")]
-from orlrun import RUNNER, release_env  # noqa: E402
+from orlrun import SFT_RUNNER, release_env  # noqa: E402
 
 BUDGET = 1.01
 DEEPSPEED = "0.18.9"
@@ -42,7 +42,7 @@ def sft_result(release, patched, samples, profile=None):
     env = release_env(release, DEEPSPEED, GRADFIX="1" if patched else "0")
     prefix = [sys.executable] + (["-m", "cProfile", "-o", str(profile)] if profile else [])
     with tempfile.TemporaryDirectory(prefix="gradfix-bench-openrlhf-") as workdir:
-        proc = subprocess.run([*prefix, str(RUNNER), "--workdir", workdir, "--samples", str(samples)],
+        proc = subprocess.run([*prefix, str(SFT_RUNNER), "--workdir", workdir, "--samples", str(samples)],
                               env=env, cwd=workdir, capture_output=True, text=True, check=True)
     line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))
     return json.loads(line[len("RESULT "):])

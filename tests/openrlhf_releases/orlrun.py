@@ -1,4 +1,4 @@
-"""Running sft_run.py against one cached OpenRLHF release (with a cached DeepSpeed
+"""Running sft_run.py or ppo_run.py against one cached OpenRLHF release (with a cached DeepSpeed
 release) in a subprocess, and comparing results."""
 
 import functools
@@ -12,7 +12,8 @@ from pathlib import Path
 from helpers import clean_env, free_port
 
 HERE = Path(__file__).resolve().parent
-RUNNER = HERE / "sft_run.py"
+SFT_RUNNER = HERE / "sft_run.py"
+PPO_RUNNER = HERE / "ppo_run.py"
 STUBS = HERE / "stubs"  # import-only stand-ins for flash-attn and vllm (no CPU builds)
 FIRST_FIXED = "0.10.4"
 
@@ -46,6 +47,16 @@ def sft(release, patched, deepspeed=None, world=1, disable=None, **options):
     """One SFT run through OpenRLHF's CLI. ``patched`` False: GRADFIX=0 (gradfix not
     even imported). ``options`` are sft_run.py flags (``adam_offload=True``,
     ``epochs=2``...); the reference is always computed."""
+    return run(SFT_RUNNER, release, patched, deepspeed, world, disable, options)
+
+
+@functools.lru_cache(maxsize=None)
+def ppo(release, patched, deepspeed=None, world=1, disable=None, **options):
+    """One PPO actor or critic training phase (ppo_run.py; ``role="critic"``), as ``sft``."""
+    return run(PPO_RUNNER, release, patched, deepspeed, world, disable, options)
+
+
+def run(runner, release, patched, deepspeed, world, disable, options):
     deepspeed = deepspeed or stacks()[release]
     flags = ["--reference"]
     for name, value in sorted(options.items()):
@@ -57,11 +68,13 @@ def sft(release, patched, deepspeed=None, world=1, disable=None, **options):
                      "--master_port", str(free_port())]
     env = release_env(release, deepspeed, GRADFIX="1" if patched else "0", GRADFIX_DISABLE=disable)
     with tempfile.TemporaryDirectory(prefix=f"orl-{release}-") as workdir:  # model, data, checkpoint
-        argv = [*launcher, str(RUNNER), "--workdir", workdir, *flags]
+        argv = [*launcher, str(runner), "--workdir", workdir, *flags]
         proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900, cwd=workdir)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, f"{argv} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return json.loads(lines[0][len("RESULT "):])
+    result = json.loads(lines[0][len("RESULT "):])
+    result["log"] = proc.stderr[-20000:]  # gradfix's warnings and report
+    return result
 
 
 def relative_gaps(values, expected):

@@ -40,6 +40,7 @@ def parse_args():
     parser.add_argument("--batch", type=int, default=4, help="train batch size (all ranks)")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--zero", type=int, default=2)
+    parser.add_argument("--policy-loss", default="ppo", help="ppo or gspo (a sequence-level loss)")
     parser.add_argument("--role", choices=["actor", "critic"], default="actor")
     parser.add_argument("--reference", action="store_true")
     return parser.parse_args()
@@ -57,7 +58,8 @@ def cli_arguments(args, model_dir, save_dir, world):
                  "--rollout.micro_batch_size", args.micro_batch, "--rollout.batch_size", args.batch,
                  "--train.max_epochs", args.epochs, "--actor.adam.lr", 1e-30, "--ds.zero_stage", args.zero,
                  "--ds.param_dtype", "bf16", "--ds.attn_implementation", "eager", "--ckpt.output_dir", save_dir,
-                 "--actor.num_gpus_per_node", world, "--train.seed", 42]
+                 "--actor.num_gpus_per_node", world, "--train.seed", 42,
+                 "--actor.policy_loss_type", args.policy_loss]
         return [str(flag) for flag in flags]
     flags = ["--pretrain", model_dir, "--remote_rm_url", "http://127.0.0.1:1",
              "--advantage_estimator", "gae" if critic else "reinforce", "--init_kl_coef", 0,
@@ -65,7 +67,8 @@ def cli_arguments(args, model_dir, save_dir, world):
              "--micro_train_batch_size", args.micro_batch, "--train_batch_size", args.batch,
              "--micro_rollout_batch_size", args.micro_batch, "--rollout_batch_size", args.batch,
              "--max_epochs", args.epochs, "--actor_learning_rate", 1e-30, "--zero_stage", args.zero,
-             "--save_path", save_dir, "--actor_num_gpus_per_node", world, "--seed", 42]
+             "--save_path", save_dir, "--actor_num_gpus_per_node", world, "--seed", 42, "--vllm_num_engines", 0]
+    flags += ["--policy_loss_type", args.policy_loss] if args.policy_loss != "ppo" else []
     flags += ["--param_dtype", "bf16"] if openrlhf_version() >= (0, 9, 0) else ["--bf16"]
     flags += ["--attn_implementation", "eager"] if openrlhf_version() >= (0, 8, 0) else []
     return [str(flag) for flag in flags]
@@ -173,7 +176,7 @@ def experiences(trainer, role, samples, rank):
                   returns=returns, advantages=advantages,
                   info={"response_length": torch.tensor(lengths, dtype=torch.float),
                         "total_length": torch.tensor([prompt + n for n in lengths], dtype=torch.float),
-                        "reward": torch.zeros(samples), "return": torch.zeros(samples)})
+                        "reward": torch.zeros(samples), "return": torch.zeros(samples), "kl": torch.zeros(samples)})
     Experience = experience_class()
     names = {f.name for f in __import__("dataclasses").fields(Experience)}
     if "response_length" in names:
