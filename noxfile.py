@@ -166,8 +166,9 @@ OPENRLHF_RELEASES = {
 }
 # The PPO critic tests' DeepSpeed: 0.18.3 and later divide the gradient reaching every tensor a
 # forward returns by GA, and OpenRLHF's critic returns its backbone's output with the values, so
-# its backbone gets 1/GA twice, on the fixed OpenRLHF as well (tests/openrlhf_releases/test_ppo.py).
-OPENRLHF_CRITIC_DEEPSPEED = "0.18.2"
+# its backbone gets 1/GA twice, on the fixed OpenRLHF as well; 0.17.6-0.18.2 have
+# ds-zero2-epilogue-reset (tests/openrlhf_releases/test_ppo.py).
+OPENRLHF_CRITIC_DEEPSPEED = "0.16.9"
 # What OpenRLHF's SFT and PPO imports need (it pins ray, flash-attn and deepspeed
 # exactly, so it is installed without dependencies).
 OPENRLHF_DEPENDENCIES = ["transformers==5.15.0", "peft", "accelerate", "datasets", "einops", "jsonlines",

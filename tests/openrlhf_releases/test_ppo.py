@@ -6,8 +6,10 @@ ratio 1 and a negligible learning rate. gradfix is active only through GRADFIX=1
 
 Every optimizer window's gradient norm is checked against the plain PyTorch token
 mean over the window at the initial weights (ppo_run.py). Buggy releases must be
-wrong unpatched and right patched, bit for bit equal to OpenRLHF 0.10.4 on the same
-DeepSpeed; fixed releases must be left alone.
+wrong unpatched and right patched, and equal OpenRLHF 0.10.4 on the same DeepSpeed:
+bit for bit on 0.10.3 (the same formula, fed the same normalisers), to bf16 rounding
+before (the micro-batch mean times its share of the window, rather than the masked
+sum over the window's count). Fixed releases must be left alone.
 """
 
 import os
@@ -20,9 +22,11 @@ PATCHES = {role: {True: f"openrlhf-ppo-{role}-microbatch-mean", False: f"openrlh
            for role in ("actor", "critic")}
 # DeepSpeed 0.18.3+ divides the gradient reaching every tensor a forward returns by GA, and
 # OpenRLHF's critic returns its backbone's output beside the values computed from it: the
-# backbone's gradient is divided by GA twice (0.10.4 too). Critic tests run on the last
-# DeepSpeed before that, so that the reference sees only the OpenRLHF bug.
-CRITIC_DEEPSPEED = os.environ.get("GRADFIX_OPENRLHF_CRITIC_DEEPSPEED", "0.18.2")
+# backbone's gradient is divided by GA twice (0.10.4 too). Critic tests run on an earlier
+# DeepSpeed without ZeRO-2 accumulation bugs (0.17.6-0.18.2 have ds-zero2-epilogue-reset),
+# so that the reference sees only the OpenRLHF bug.
+CRITIC_DEEPSPEED = os.environ.get("GRADFIX_OPENRLHF_CRITIC_DEEPSPEED", "0.16.9")
+SAME_UPDATE = 1e-3  # bf16 rounding of a differently ordered normalisation; the bug is >= 10%
 
 
 def patch_id(role, release):
@@ -34,10 +38,7 @@ def affected(release):
 
 
 def deepspeed_for(role, release):
-    stack = stacks()[release]
-    if role == "critic" and version(stack) >= (0, 18, 3):
-        return CRITIC_DEEPSPEED
-    return stack
+    return CRITIC_DEEPSPEED if role == "critic" else stacks()[release]
 
 
 def check(release, role="actor", world=1, **options):
@@ -55,14 +56,23 @@ def check(release, role="actor", world=1, **options):
         assert matches_reference(patched), (patched["grad_norms"], patched["reference"]["grad_norms"])
         if FIRST_FIXED in stacks():
             fixed = ppo(FIRST_FIXED, False, deepspeed, world=world, role=role, **options)
-            assert patched["grad_norms"] == fixed["grad_norms"]
+            if version(release) >= (0, 10, 3):
+                assert patched["grad_norms"] == fixed["grad_norms"]
+            else:
+                assert max(relative_gaps(patched["grad_norms"], fixed["grad_norms"])) <= SAME_UPDATE, \
+                    (patched["grad_norms"], fixed["grad_norms"])
     else:
         for patch in [*PATCHES["actor"].values(), *PATCHES["critic"].values()]:
             assert patched["gradfix"][patch]["state"] == "not_needed", patched["gradfix"][patch]
         assert matches_reference(unpatched) and patched["grad_norms"] == unpatched["grad_norms"]
 
 
-@pytest.mark.parametrize("release", [r for r in releases() if r != "0.11.1"])
+# Oldest (0.7.x flags and Experience), the paper's (0.8.x-0.9.x code), newest of the
+# micro-batch-mean code, 0.10.3's normalisers, first fixed, newest.
+ACTOR_RELEASES = ("0.7.5", "0.9.10", "0.10.2", "0.10.3", "0.10.4", "0.11.2")
+
+
+@pytest.mark.parametrize("release", [r for r in releases() if r in ACTOR_RELEASES])
 def test_ppo_actor_window_token_mean(release):
     check(release)
 
@@ -75,8 +85,10 @@ def test_ppo_actor_two_ranks(release):
     check(release, world=2, zero=3)
 
 
-@pytest.mark.parametrize("release", [r for r in releases() if r in ("0.7.5", "0.9.10", "0.10.3", "0.10.4")])
+@pytest.mark.parametrize("release", [r for r in releases() if r in ("0.7.5", "0.9.10", "0.10.3")])
 def test_ppo_critic_window_token_mean(release):
+    """Also runs 0.10.4's critic (the comparison), which no critic patch touches
+    (test_ppo_actor_window_token_mean checks every PPO patch is not needed there)."""
     check(release, role="critic")
 
 
