@@ -22,6 +22,7 @@ the PPO ratio is 1 and the value clip is inactive), and the trainer's real
 
 import argparse
 import copy
+import dataclasses
 import json
 import os
 import runpy
@@ -29,7 +30,8 @@ import sys
 
 import torch
 
-from sft_run import distributed_environment, gradfix_records, neutralise_cuda_calls, openrlhf_version, write_inputs
+from sft_run import (distributed_environment, gradfix_records, neutralise_cuda_calls, observe_optimizer_steps,
+                     openrlhf_version, write_inputs)
 
 
 def parse_args():
@@ -178,7 +180,7 @@ def experiences(trainer, role, samples, rank):
                         "total_length": torch.tensor([prompt + n for n in lengths], dtype=torch.float),
                         "reward": torch.zeros(samples), "return": torch.zeros(samples), "kl": torch.zeros(samples)})
     Experience = experience_class()
-    names = {f.name for f in __import__("dataclasses").fields(Experience)}
+    names = {f.name for f in dataclasses.fields(Experience)}
     if "response_length" in names:
         fields.update(response_length=fields["info"]["response_length"], total_length=fields["info"]["total_length"],
                       rewards=torch.zeros(samples))
@@ -192,20 +194,8 @@ class Observer:
         self.grad_norms, self.trained = [], []
 
     def install(self):
-        from deepspeed.runtime.engine import DeepSpeedEngine
-
-        observer, original_step = self, DeepSpeedEngine.step
-
-        def step(engine, *a, **k):
-            before = engine.global_steps
-            result = original_step(engine, *a, **k)
-            if engine.global_steps != before:
-                norm = engine.get_global_grad_norm()
-                observer.grad_norms.append(float(norm) if norm is not None else None)
-            return result
-
-        DeepSpeedEngine.step = step
-
+        observer = self
+        observe_optimizer_steps(self.grad_norms)
         experience_type = experience_class()
         original_move = experience_type.to_device
 

@@ -141,6 +141,26 @@ def cli_arguments(args, model_dir, dataset, save_dir):
     return [str(flag) for flag in flags]
 
 
+def observe_optimizer_steps(grad_norms, step_times=None):
+    """Append DeepSpeed's global gradient norm (and, given ``step_times``, the
+    perf_counter) at every optimizer step, by wrapping ``DeepSpeedEngine.step``."""
+    from deepspeed.runtime.engine import DeepSpeedEngine
+
+    original_step = DeepSpeedEngine.step
+
+    def step(engine, *a, **k):
+        before = engine.global_steps
+        result = original_step(engine, *a, **k)
+        if engine.global_steps != before:
+            if step_times is not None:
+                step_times.append(time.perf_counter())
+            norm = engine.get_global_grad_norm()
+            grad_norms.append(float(norm) if norm is not None else None)
+        return result
+
+    DeepSpeedEngine.step = step
+
+
 class Observer:
     """Reads values out of the run; changes nothing."""
 
@@ -149,21 +169,10 @@ class Observer:
         self.step_times = []  # perf_counter at every optimizer step (for the benchmark)
 
     def install(self):
-        from deepspeed.runtime.engine import DeepSpeedEngine
         from openrlhf.trainer import sft_trainer
 
-        observer, original_step = self, DeepSpeedEngine.step
-
-        def step(engine, *a, **k):
-            before = engine.global_steps
-            result = original_step(engine, *a, **k)
-            if engine.global_steps != before:
-                observer.step_times.append(time.perf_counter())
-                norm = engine.get_global_grad_norm()
-                observer.grad_norms.append(float(norm) if norm is not None else None)
-            return result
-
-        DeepSpeedEngine.step = step
+        observer = self
+        observe_optimizer_steps(self.grad_norms, self.step_times)
         # save_logs_and_checkpoints, not fit: gradfix wraps fit, and the observer stays
         # out of its way. It runs on every rank at every optimizer step.
         trainer_class = sft_trainer.SFTTrainer
