@@ -44,6 +44,8 @@ def parse_args():
     parser.add_argument("--zero", type=int, default=2)
     parser.add_argument("--policy-loss", default="ppo", help="ppo or gspo (a sequence-level loss)")
     parser.add_argument("--role", choices=["actor", "critic"], default="actor")
+    parser.add_argument("--dynamic-batch", type=int, default=0, metavar="TOKENS",
+                        help="dynamic batching with this many tokens per micro-batch (0: off)")
     parser.add_argument("--reference", action="store_true")
     return parser.parse_args()
 
@@ -52,12 +54,14 @@ def cli_arguments(args, model_dir, save_dir, world):
     """The CLI flags of a PPO run with a remote reward (no reward model); GAE, with a
     critic of the same model, for ``--role critic``."""
     critic = args.role == "critic"
+    # Dynamic batching cuts the rollout into rollout_batch_size / train_batch_size steps: all of it.
+    rollout = args.samples * world if args.dynamic_batch else args.batch
     if openrlhf_version() >= (0, 10, 2):  # dotted flags
         flags = ["--actor.model_name_or_path", model_dir, "--reward.remote_url", "http://127.0.0.1:1",
                  "--algo.advantage.estimator", "gae" if critic else "reinforce", "--algo.kl.init_coef", 0,
                  "--critic.adam.lr", 1e-30, "--critic.num_gpus_per_node", world,
                  "--train.micro_batch_size", args.micro_batch, "--train.batch_size", args.batch,
-                 "--rollout.micro_batch_size", args.micro_batch, "--rollout.batch_size", args.batch,
+                 "--rollout.micro_batch_size", args.micro_batch, "--rollout.batch_size", rollout,
                  "--train.max_epochs", args.epochs, "--actor.adam.lr", 1e-30, "--ds.zero_stage", args.zero,
                  "--ds.param_dtype", "bf16", "--ds.attn_implementation", "eager", "--ckpt.output_dir", save_dir,
                  "--actor.num_gpus_per_node", world, "--train.seed", 42,
@@ -67,7 +71,7 @@ def cli_arguments(args, model_dir, save_dir, world):
              "--advantage_estimator", "gae" if critic else "reinforce", "--init_kl_coef", 0,
              "--critic_learning_rate", 1e-30, "--critic_num_gpus_per_node", world,
              "--micro_train_batch_size", args.micro_batch, "--train_batch_size", args.batch,
-             "--micro_rollout_batch_size", args.micro_batch, "--rollout_batch_size", args.batch,
+             "--micro_rollout_batch_size", args.micro_batch, "--rollout_batch_size", rollout,
              "--max_epochs", args.epochs, "--actor_learning_rate", 1e-30, "--zero_stage", args.zero,
              "--save_path", save_dir, "--actor_num_gpus_per_node", world, "--seed", 42, "--vllm_num_engines", 0]
     flags += ["--policy_loss_type", args.policy_loss] if args.policy_loss != "ppo" else []
@@ -103,6 +107,18 @@ def strategy_from_cli(argv):
     finally:
         openrlhf.utils.get_strategy = real
     raise RuntimeError("the PPO CLI never built its strategy")
+
+
+def enable_dynamic_batching(strategy, max_tokens):
+    """What the CLI's dynamic batching flag sets, without the packed samples it then
+    forces (those need flash-attn's varlen kernels and vLLM): micro-batches of at
+    most ``max_tokens`` tokens balanced within each optimizer step, DeepSpeed at GA 1."""
+    args, train = strategy.args, getattr(strategy.args, "train", None)
+    if train is not None and hasattr(train, "dynamic_batch_enable"):  # 0.10.2+
+        train.dynamic_batch_enable, train.max_tokens_per_gpu = True, max_tokens
+    else:
+        args.use_dynamic_batch, args.train_max_tokens_per_gpu = True, max_tokens
+    strategy.use_dynamic_batch = True
 
 
 def ppo_trainer(role, strategy, model_dir, max_steps):
@@ -233,21 +249,31 @@ def value_loss_sum(critic):
     return loss_sum
 
 
-def reference(model, loss_sum, per_rank_trained, accumulation, per_epoch):
+def windows(trainer, accumulation, per_epoch, epochs):
+    """(first, end) micro-batch positions of every optimizer window in what each rank
+    trained: GA micro-batches, restarting every epoch as OpenRLHF 0.10.4+ does, or
+    the replay buffer's steps under dynamic batching (the same on every rank)."""
+    buffer = trainer.replay_buffer
+    if getattr(buffer, "dynamic_batch", False):
+        ends = [i + 1 for i, last in enumerate(buffer.dynamic_optimizer_step) if last]
+    else:
+        ends = [min(start + accumulation, per_epoch) for start in range(0, per_epoch, accumulation)]
+    starts = [0, *ends[:-1]]
+    return [(epoch * per_epoch + first, epoch * per_epoch + end)
+            for epoch in range(epochs) for first, end in zip(starts, ends)]
+
+
+def reference(model, loss_sum, per_rank_trained, bounds):
     """The window token mean of the loss and its gradient norm, in fp32 at the initial
-    weights; windows restart at every epoch, as in OpenRLHF 0.10.4+."""
+    weights, for every window of ``bounds``."""
     norms = []
-    epochs = len(per_rank_trained[0]) // per_epoch
-    for epoch in range(epochs):
-        for start in range(0, per_epoch, accumulation):
-            model.zero_grad()
-            first, end = epoch * per_epoch + start, epoch * per_epoch + min(start + accumulation, per_epoch)
-            picked = [batch for trained in per_rank_trained for batch in trained[first:end]]
-            tokens = sum(float(batch[2].sum()) for batch in picked)
-            for batch in picked:
-                (loss_sum(*batch) / tokens).backward()
-            norms.append(float(torch.sqrt(sum(p.grad.pow(2).sum() for p in model.parameters()
-                                              if p.grad is not None))))
+    for first, end in bounds:
+        model.zero_grad()
+        picked = [batch for trained in per_rank_trained for batch in trained[first:end]]
+        tokens = sum(float(batch[2].sum()) for batch in picked)
+        for batch in picked:
+            (loss_sum(*batch) / tokens).backward()
+        norms.append(float(torch.sqrt(sum(p.grad.pow(2).sum() for p in model.parameters() if p.grad is not None))))
     return {"grad_norms": norms}
 
 
@@ -262,6 +288,8 @@ def main():
     model_dir, _ = write_inputs(workdir, 1)
 
     strategy = strategy_from_cli(cli_arguments(args, model_dir, os.path.join(workdir, "out"), world))
+    if args.dynamic_batch:
+        enable_dynamic_batching(strategy, args.dynamic_batch)
     trainer = ppo_trainer(args.role, strategy, model_dir, max_steps=1000)
     trainer.replay_buffer.append(experiences(trainer, args.role, args.samples, rank))
     if args.role == "critic":  # an fp32 copy of the critic as it starts, for the reference
@@ -287,7 +315,8 @@ def main():
         else:
             loss_sum = value_loss_sum(start)
         per_epoch = len(observer.trained) // args.epochs
-        result["reference"] = reference(start, loss_sum, everyone, strategy.accumulated_gradient, per_epoch)
+        bounds = windows(trainer, strategy.accumulated_gradient, per_epoch, args.epochs)
+        result["reference"] = reference(start, loss_sum, everyone, bounds)
     if rank == 0:
         print("RESULT " + json.dumps(result), flush=True)
     if dist.is_initialized():

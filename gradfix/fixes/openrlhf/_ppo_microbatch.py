@@ -8,8 +8,9 @@ multiplies by the data-parallel size. For a micro-batch of n tokens that is the
 micro-batch mean times ``n * dp / (N_window / GA)``: the fix multiplies the loss
 handed to ``strategy.backward`` by that factor, leaving OpenRLHF's loss code and
 its logged values as they are. It holds when every term is a token mean, so runs
-with a sequence-level loss (GSPO, ``token_level_loss`` off), a mixture-of-experts
-auxiliary loss or dynamic batching are left alone, with a warning.
+with a sequence-level loss (GSPO, ``token_level_loss`` off) or a mixture-of-experts
+auxiliary loss are left alone, with a warning. Dynamic batching scales its losses
+in the replay buffer (``ppo_dynamic_batch_sample_fraction``).
 """
 
 from gradfix import gates
@@ -56,7 +57,7 @@ def probe(module, role):
 
 def unsupported(trainer, role):
     if _ppo.dynamic_batching(trainer.args):
-        return "dynamic batching (not corrected by gradfix yet)"
+        return ""  # GA 1, one step per buffer step: openrlhf-ppo-dynamic-batch-sample-fraction's part
     if not getattr(getattr(trainer, role.loss_attribute, None), "token_level_loss", False):
         return "a sequence-level loss (GSPO, or token_level_loss off)"
     if getattr(trainer, "aux_loss", False):
