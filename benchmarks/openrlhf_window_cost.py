@@ -1,6 +1,6 @@
 """The window normaliser's own cost: gradfix's read-ahead on OpenRLHF 0.10.3 against
-OpenRLHF 0.10.4's built-in one, per optimizer step, on the same SFT run (DeepSpeed 0.18.9,
-ZeRO-2, GA 4, the tests' tiny model).
+OpenRLHF 0.10.4's built-in one, per optimizer step, on the same SFT run or PPO actor
+training phase (``--trainer ppo``; DeepSpeed 0.18.9, ZeRO-2, GA 4, the tests' tiny model).
 
 benchmarks/openrlhf_sft_step.py compares whole step times, and there the releases differ in
 more than the normaliser (0.10.3 all-reduces every micro-batch's counts; the noise on a
@@ -9,7 +9,8 @@ computes the window's normalisers is timed:
 
 * gradfix (0.10.3, GRADFIX=1): Plan.counts (the mask sums and the one all-reduce per
   window, cumulative), take_pending (cumulative), and the own time of the read-ahead
-  generator and of the loss wrapper's frame;
+  generator and of the loss wrapper's frame (SFT) or of the get_loss_batch_info
+  wrapper's (PPO);
 * OpenRLHF 0.10.4 (GRADFIX=0): _optimizer_step_loss_norm (cumulative) and the own time of
   iter_grad_accum_global_norm.
 
@@ -21,22 +22,28 @@ it with `python -m nox -s bench_openrlhf_window`.
 """
 
 import argparse
+import json
 import pstats
+import subprocess
 import statistics
 import sys
 import tempfile
 from pathlib import Path
 
 from openrlhf_sft_step import DEEPSPEED, sft_result  # the same runs, environments and DeepSpeed
+from orlrun import PPO_RUNNER, release_env
 
 BUDGET = 1.01
 GA = 4  # sft_run.py's default: train batch 4, micro-batch 1, one rank
 # (file name ends with, function name, cumulative?) for each implementation's normaliser code
-GRADFIX_CODE = [("gradfix/fixes/openrlhf/_window.py", "counts", True),
-                ("gradfix/fixes/openrlhf/_window.py", "take_pending", True),
-                ("gradfix/fixes/openrlhf/_window.py", "__iter__", False),
-                ("gradfix/fixes/openrlhf/_window.py", "_next_window", False),
-                ("gradfix/fixes/openrlhf/_sft.py", "window_loss", False)]
+WINDOW_CODE = [("gradfix/fixes/openrlhf/_window.py", "counts", True),
+               ("gradfix/fixes/openrlhf/_window.py", "take_pending", True)]
+GRADFIX_CODE = {"sft": WINDOW_CODE + [("gradfix/fixes/openrlhf/_window.py", "__iter__", False),
+                                      ("gradfix/fixes/openrlhf/_window.py", "_next_window", False),
+                                      ("gradfix/fixes/openrlhf/_sft.py", "window_loss", False)],
+                "ppo": WINDOW_CODE + [("gradfix/fixes/openrlhf/_ppo.py", "__iter__", False),
+                                      ("gradfix/fixes/openrlhf/_ppo_dp.py", "window_loss_batch_info", False)]}
+PATCH = {"sft": "openrlhf-sft-microbatch-mean-dp", "ppo": "openrlhf-ppo-actor-microbatch-mean-dp"}
 UPSTREAM_CODE = [("openrlhf/utils/loss_utils.py", "_optimizer_step_loss_norm", True),
                  ("openrlhf/utils/loss_utils.py", "iter_grad_accum_global_norm", False)]
 
@@ -55,23 +62,38 @@ def seconds_in(profile, code):
     return seconds
 
 
+def ppo_result(release, patched, samples, profile=None):
+    """One PPO actor training phase (the tests' runner, micro-batch 1, train batch 4: GA 4)."""
+    env = release_env(release, DEEPSPEED, GRADFIX="1" if patched else "0")
+    prefix = [sys.executable] + (["-m", "cProfile", "-o", str(profile)] if profile else [])
+    with tempfile.TemporaryDirectory(prefix="gradfix-bench-openrlhf-") as workdir:
+        proc = subprocess.run([*prefix, str(PPO_RUNNER), "--workdir", workdir, "--samples", str(samples)],
+                              env=env, cwd=workdir, capture_output=True, text=True, check=True)
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))
+    return json.loads(line[len("RESULT "):])
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--samples", type=int, default=64)
+    parser.add_argument("--trainer", choices=["sft", "ppo"], default="sft")
     args = parser.parse_args()
     steps = args.samples // GA
+    result = sft_result if args.trainer == "sft" else ppo_result
     with tempfile.TemporaryDirectory(prefix="gradfix-bench-profiles-") as folder:
         gradfix_profile, upstream_profile = Path(folder) / "gradfix.prof", Path(folder) / "upstream.prof"
-        patched = sft_result("0.10.3", True, args.samples, gradfix_profile)
-        assert patched["gradfix"]["openrlhf-sft-microbatch-mean-dp"]["state"] == "applied", patched["gradfix"]
-        sft_result("0.10.4", False, args.samples, upstream_profile)
-        ours_by_function = seconds_in(gradfix_profile, GRADFIX_CODE)
+        patched = result("0.10.3", True, args.samples, gradfix_profile)
+        record = patched["gradfix"][PATCH[args.trainer]]
+        assert record["state"] == "applied" and record["hits"] == steps, record
+        result("0.10.4", False, args.samples, upstream_profile)
+        ours_by_function = seconds_in(gradfix_profile, GRADFIX_CODE[args.trainer])
         theirs_by_function = seconds_in(upstream_profile, UPSTREAM_CODE)
     ours, theirs = sum(ours_by_function.values()) / steps, sum(theirs_by_function.values()) / steps
-    step = statistics.median(sft_result("0.10.4", False, args.samples)["seconds_per_step"] for _ in range(args.repeats))
+    step = statistics.median(result("0.10.4", False, args.samples)["seconds_per_step"] for _ in range(args.repeats))
     ratio = (step + ours) / (step + theirs)
-    print(f"OpenRLHF SFT on CPU, DeepSpeed {DEEPSPEED} ZeRO-2, GA {GA}, {steps} optimizer steps, one rank")
+    print(f"OpenRLHF {args.trainer.upper()} on CPU, DeepSpeed {DEEPSPEED} ZeRO-2, GA {GA}, {steps} optimizer steps, "
+          "one rank")
     for label, total, by_function in (("gradfix (0.10.3)", ours, ours_by_function),
                                       ("OpenRLHF 0.10.4", theirs, theirs_by_function)):
         parts = ", ".join(f"{name} {seconds / steps * 1e3:.3f}" for name, seconds in by_function.items())

@@ -12,6 +12,7 @@ the PPO ratio is 1 and the value clip is inactive), and the trainer's real
 ``ppo_train`` runs. One ``RESULT`` line (JSON) on rank 0:
 
 * ``grad_norms``: DeepSpeed's global gradient norm at every optimizer step;
+* ``seconds_per_step``: the wall time of ``ppo_train`` over its optimizer steps;
 * ``reference`` (with ``--reference``): the plain PyTorch loss of 0.10.4+, one token
   mean over each optimizer window (all micro-batches of all ranks, windows
   restarting every epoch as OpenRLHF's do) of ``-A * ratio`` (actor) or
@@ -27,6 +28,7 @@ import json
 import os
 import runpy
 import sys
+import time
 
 import torch
 
@@ -296,11 +298,14 @@ def main():
         start = copy.deepcopy(trainer.critic.module).float()
     observer = Observer()
     observer.install()
+    started = time.perf_counter()
     trainer.ppo_train(0.0) if args.role == "actor" else trainer.ppo_train()
+    seconds = time.perf_counter() - started
 
     import torch.distributed as dist
 
-    result = {"grad_norms": observer.grad_norms, "gradfix": gradfix_records()}
+    result = {"grad_norms": observer.grad_norms, "gradfix": gradfix_records(),
+              "seconds_per_step": seconds / max(len(observer.grad_norms), 1)}
     if args.reference:
         everyone = [observer.trained]
         if dist.is_initialized() and dist.get_world_size() > 1:

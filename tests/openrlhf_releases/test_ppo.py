@@ -1,6 +1,7 @@
-"""openrlhf-ppo-{actor,critic}-microbatch-mean and -microbatch-mean-dp against real
-OpenRLHF releases: the release's own PPO actor or critic (built from its CLI's
-arguments by its own Ray actor class, without Ray) trains on a tiny Llama with
+"""openrlhf-ppo-{actor,critic}-microbatch-mean, -microbatch-mean-dp and
+openrlhf-ppo-dynamic-batch-sample-fraction against real OpenRLHF releases: the
+release's own PPO actor or critic (built from its CLI's arguments by its own Ray
+actor class, without Ray) trains on a tiny Llama with
 DeepSpeed on CPU, micro batch 1, GA 2 or 4, responses of 2 to 600 tokens, the PPO
 ratio 1 and a negligible learning rate. gradfix is active only through GRADFIX=1.
 
@@ -10,6 +11,9 @@ wrong unpatched and right patched, and equal OpenRLHF 0.10.4 on the same DeepSpe
 bit for bit on 0.10.3 (the same formula, fed the same normalisers), to bf16 rounding
 before (the micro-batch mean times its share of the window, rather than the masked
 sum over the window's count). Fixed releases must be left alone.
+
+With dynamic batching the windows are the replay buffer's optimizer steps (micro-batches
+of at most 300 tokens, DeepSpeed at GA 1) and the reference OpenRLHF is 0.10.3 and later.
 """
 
 import os
@@ -102,3 +106,52 @@ def test_ppo_actor_sequence_level_loss_is_reported_not_corrected():
     assert result["gradfix"][patch_id("actor", release)]["hits"] == 0
     assert result["grad_norms"] == ppo(release, False, policy_loss="gspo")["grad_norms"]
     assert "OpenRLHF PPO actor is not corrected in this run: a sequence-level loss" in result["log"]
+
+
+DYNAMIC_PATCH = "openrlhf-ppo-dynamic-batch-sample-fraction"
+# ZeRO-3: with GA 1, DeepSpeed 0.18.3+ ZeRO-1/2 keep only the last of several backward() calls
+# per step unless the caller marks the inner ones, which OpenRLHF never does (0.10.4 and 0.11.2
+# too); ZeRO-3 and ZeRO-0 accumulate them. That DeepSpeed behaviour is outside this patch.
+DYNAMIC_TOKENS = 300
+
+
+def check_dynamic(release, role="actor", world=1, zero=3):
+    options = {"world": world, "role": role, "dynamic_batch": DYNAMIC_TOKENS, "zero": zero}
+    unpatched = ppo(release, False, **options)
+    patched = ppo(release, True, **options)
+    steps = len(patched["reference"]["grad_norms"])
+    assert steps == len(patched["grad_norms"]) >= 2
+    record = patched["gradfix"][DYNAMIC_PATCH]
+    if version(release) >= (0, 10, 3):
+        assert record["state"] == "not_needed", record
+        assert matches_reference(unpatched) and patched["grad_norms"] == unpatched["grad_norms"]
+        return
+    assert max(relative_gaps(unpatched["grad_norms"], unpatched["reference"]["grad_norms"])) > 0.1, \
+        "the unpatched buggy release should be far from the step's token mean"
+    assert record["state"] == "applied" and record["hits"] == steps, record
+    for patch in PATCHES[role].values():  # GA 1: the window patches stay out of it
+        assert patched["gradfix"][patch]["hits"] == 0, patched["gradfix"][patch]
+    assert matches_reference(patched), (patched["grad_norms"], patched["reference"]["grad_norms"])
+    if FIRST_FIXED in stacks():
+        fixed = ppo(FIRST_FIXED, False, stacks()[release], **options)
+        assert max(relative_gaps(patched["grad_norms"], fixed["grad_norms"])) <= SAME_UPDATE, \
+            (patched["grad_norms"], fixed["grad_norms"])
+
+
+@pytest.mark.parametrize("release", [r for r in releases() if r in ("0.8.11", "0.10.2", "0.10.3")])
+def test_ppo_dynamic_batching_token_share(release):
+    """Oldest release of the matrix with dynamic batching, newest affected (0.10.x
+    argument names), first fixed."""
+    check_dynamic(release)
+
+
+@pytest.mark.parametrize("release", [r for r in releases() if r == "0.9.10"])
+def test_ppo_dynamic_batching_two_ranks(release):
+    """The data-parallel part: ranks whose steps hold different token counts."""
+    check_dynamic(release, world=2)
+
+
+@pytest.mark.parametrize("release", [r for r in releases() if r == "0.9.10"])
+def test_ppo_critic_dynamic_batching(release):
+    """ZeRO-0: the reference's fp32 copy of the critic is taken from unpartitioned weights."""
+    check_dynamic(release, role="critic", zero=0)
