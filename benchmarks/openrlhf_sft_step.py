@@ -36,16 +36,21 @@ RUNS = {"fixed 0.10.4": ("0.10.4", False), "0.10.3 + gradfix": ("0.10.3", True),
         "0.9.10 unpatched": ("0.9.10", False), "fixed 0.10.4 (control)": ("0.10.4", False)}
 
 
-def sft_result(release, patched, samples, profile=None):
-    """One SFT run through OpenRLHF's CLI (the tests' runner): its RESULT. ``profile``: run
-    it under cProfile and write the dump there."""
+def runner_result(runner, release, patched, samples, profile=None):
+    """One run of a test runner (sft_run.py, ppo_run.py) against ``release``: its RESULT.
+    ``profile``: run it under cProfile and write the dump there."""
     env = release_env(release, DEEPSPEED, GRADFIX="1" if patched else "0")
     prefix = [sys.executable] + (["-m", "cProfile", "-o", str(profile)] if profile else [])
     with tempfile.TemporaryDirectory(prefix="gradfix-bench-openrlhf-") as workdir:
-        proc = subprocess.run([*prefix, str(SFT_RUNNER), "--workdir", workdir, "--samples", str(samples)],
+        proc = subprocess.run([*prefix, str(runner), "--workdir", workdir, "--samples", str(samples)],
                               env=env, cwd=workdir, capture_output=True, text=True, check=True)
     line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))
     return json.loads(line[len("RESULT "):])
+
+
+def sft_result(release, patched, samples, profile=None):
+    """One SFT run through OpenRLHF's CLI (the tests' runner)."""
+    return runner_result(SFT_RUNNER, release, patched, samples, profile)
 
 
 def seconds_per_step(release, patched, samples):

@@ -22,16 +22,14 @@ it with `python -m nox -s bench_openrlhf_window`.
 """
 
 import argparse
-import json
 import pstats
-import subprocess
 import statistics
 import sys
 import tempfile
 from pathlib import Path
 
-from openrlhf_sft_step import DEEPSPEED, sft_result  # the same runs, environments and DeepSpeed
-from orlrun import PPO_RUNNER, release_env
+from openrlhf_sft_step import DEEPSPEED, runner_result, sft_result  # the same runs, environments and DeepSpeed
+from orlrun import PPO_RUNNER
 
 BUDGET = 1.01
 GA = 4  # sft_run.py's default: train batch 4, micro-batch 1, one rank
@@ -64,13 +62,7 @@ def seconds_in(profile, code):
 
 def ppo_result(release, patched, samples, profile=None):
     """One PPO actor training phase (the tests' runner, micro-batch 1, train batch 4: GA 4)."""
-    env = release_env(release, DEEPSPEED, GRADFIX="1" if patched else "0")
-    prefix = [sys.executable] + (["-m", "cProfile", "-o", str(profile)] if profile else [])
-    with tempfile.TemporaryDirectory(prefix="gradfix-bench-openrlhf-") as workdir:
-        proc = subprocess.run([*prefix, str(PPO_RUNNER), "--workdir", workdir, "--samples", str(samples)],
-                              env=env, cwd=workdir, capture_output=True, text=True, check=True)
-    line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))
-    return json.loads(line[len("RESULT "):])
+    return runner_result(PPO_RUNNER, release, patched, samples, profile)
 
 
 def main():
