@@ -27,6 +27,8 @@ nox.options.sessions = ["tests", "tests_wrapt1", "tests_oldest_python", "deepspe
 nox.options.error_on_missing_interpreters = False
 
 TEST_REQUIREMENTS = ["pytest>=7", "packaging>=21"]
+# Framework sessions list their slowest tests: CI has a time budget to keep.
+SLOWEST = "--durations=15"
 
 
 def _oldest_python():
@@ -142,7 +144,7 @@ def deepspeed(session):
     install_cached(session, *TEST_REQUIREMENTS, "pytest-xdist", "wrapt>=2,<3", *DEEPSPEED_DEPENDENCIES, *LAUNCHERS)
     install_gradfix(session)
     releases = install_deepspeed_releases(session, DEEPSPEED_RELEASES)
-    session.run("pytest", "-q", "-n", str(min(os.cpu_count() or 1, 4)), "--dist", "loadgroup",
+    session.run("pytest", "-q", "-n", str(min(os.cpu_count() or 1, 4)), "--dist", "loadgroup", SLOWEST,
                 "tests/deepspeed_releases", *session.posargs, env={"GRADFIX_DS_RELEASES": str(releases)})
 
 
@@ -190,7 +192,7 @@ def openrlhf(session):
         install_into_folder(session, CACHE / "openrlhf" / f"orl-{release}", f"openrlhf=={release}",
                             f"transformers=={transformers}", *extras)
     stacks = {release: deepspeed for release, (_, deepspeed, _) in OPENRLHF_RELEASES.items()}
-    session.run("pytest", "-q", "-n", str(min(os.cpu_count() or 1, 2)), "tests/openrlhf_releases",
+    session.run("pytest", "-q", "-n", str(min(os.cpu_count() or 1, 2)), "tests/openrlhf_releases", SLOWEST,
                 *session.posargs, env={"GRADFIX_OPENRLHF_RELEASES": json.dumps(stacks), "GRADFIX_CACHE": str(CACHE),
                                        "GRADFIX_OPENRLHF_CRITIC_DEEPSPEED": OPENRLHF_CRITIC_DEEPSPEED})
 
@@ -255,7 +257,7 @@ def transformers(session):
     newest = dict(pin.split("==") for pin in TRANSFORMERS_NEWEST)
     transformers_releases = {r: str(CACHE / "transformers" / f"tf-{r}") for r in TRANSFORMERS_RELEASES}
     trl_releases = {release: str(CACHE / "trl" / f"trl-{release}") for release in TRL_RELEASES}
-    session.run("pytest", "-q", "-n", str(min(os.cpu_count() or 1, 2)), "tests/transformers_releases",
+    session.run("pytest", "-q", "-n", str(min(os.cpu_count() or 1, 2)), "tests/transformers_releases", SLOWEST,
                 *session.posargs, env={
                     "GRADFIX_TF_RELEASES": json.dumps({**transformers_releases, newest["transformers"]: ""}),
                     "GRADFIX_TRL_RELEASES": json.dumps({**trl_releases, newest["trl"]: ""}),
@@ -297,7 +299,7 @@ def llamafactory(session):
             folder = str(CACHE / "llamafactory" / f"lf-{release}")
             install_into_folder(session, Path(folder), f"llamafactory=={release}", *extras)
         stacks[release] = {"folder": folder, "deepspeed": deepspeed}
-    session.run("pytest", "-q", "-n", str(min(os.cpu_count() or 1, 2)), "tests/llamafactory_releases",
+    session.run("pytest", "-q", "-n", str(min(os.cpu_count() or 1, 2)), "tests/llamafactory_releases", SLOWEST,
                 *session.posargs, env={"GRADFIX_LF_RELEASES": json.dumps(stacks), "GRADFIX_CACHE": str(CACHE)})
 
 
