@@ -1,7 +1,11 @@
 """Small helpers shared by the test modules."""
 
 import os
+import re
+import signal
 import socket
+import subprocess
+import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -19,3 +23,39 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+# torchrun's report of the rank that failed first, when a signal ended it.
+_ROOT_CAUSE_SIGNAL = re.compile(r"Root Cause.*?exitcode\s*:\s*-(\d+)", re.S)
+
+
+def killed_by(proc):
+    """The signal that ended the process, or the first failed rank under torchrun; None
+    when it exited by itself (a Python error or a failed check exits with a status)."""
+    if proc.returncode < 0:
+        return -proc.returncode
+    found = _ROOT_CAUSE_SIGNAL.search(proc.stderr or "")
+    return int(found.group(1)) if proc.returncode != 0 and found else None
+
+
+def run_job(argv, **options):
+    """subprocess.run with the output captured, for a training job. A job whose process
+    (or first failed rank) a signal ended is run once more: gloo can abort a rank while
+    the process group is torn down after training has finished (SIGABRT, seen once in
+    several hundred two-rank runs on a loaded 2-core machine). The jobs are
+    deterministic, so a real failure fails the second time as well, and a Python error
+    or a failed check ends a job with a status, which is never retried."""
+    proc = subprocess.run(argv, capture_output=True, text=True, **options)
+    number = killed_by(proc)
+    if number is not None:
+        # A warning, so that pytest's summary shows every retry, green runs included.
+        warnings.warn(f"job ended by {signal.Signals(number).name}, run once more: {argv}\n"
+                      f"{failure_output(proc)}", RuntimeWarning, stacklevel=2)
+        proc = subprocess.run(argv, capture_output=True, text=True, **options)
+    return proc
+
+
+def failure_output(proc, characters=6000):
+    """The end of a failed job's output: its last ``characters`` of stdout and of stderr
+    (stderr holds the ranks' own errors before torchrun's summary)."""
+    return f"exit status {proc.returncode}\n{proc.stdout[-characters:]}\n{proc.stderr[-characters:]}"

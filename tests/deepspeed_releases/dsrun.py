@@ -4,12 +4,11 @@ DeepSpeed release, in a subprocess, and comparing results."""
 import functools
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from helpers import clean_env, free_port
+from helpers import clean_env, failure_output, free_port, run_job
 
 from gradfix.verify import compare, dsconfig, worker
 
@@ -76,11 +75,11 @@ def train(release, patched, config_items, backwards=1, world=1, user_scaled_loss
         argv += ["--user-scaled-loss"] if user_scaled_loss else []
     env = release_env(release, GRADFIX="1" if patched else "0")
     try:
-        proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600, cwd=tempfile.gettempdir())
+        proc = run_job(argv, env=env, timeout=600, cwd=tempfile.gettempdir())
     finally:
         os.unlink(handle.name)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, f"{argv} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0 and lines, f"{argv} failed: {failure_output(proc)}"
     return json.loads(lines[0][len("RESULT "):])
 
 

@@ -4,13 +4,12 @@ LLaMA-Factory release, and reading its result."""
 import functools
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import pytest
-from helpers import clean_env, free_port
+from helpers import clean_env, failure_output, free_port, run_job
 
 RUNNER = Path(__file__).resolve().parent / "lf_run.py"
 STUBS = Path(__file__).resolve().parent / "stubs"
@@ -47,9 +46,9 @@ def train(release, patched, *options):
     env = clean_env(PYTHONPATH=os.pathsep.join(paths), GRADFIX="1" if patched else "0", **extra)
     with tempfile.TemporaryDirectory(prefix=f"lf-{release}-") as work:
         argv = [sys.executable, str(RUNNER), work, "--port", str(free_port()), *options]
-        proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=1200, cwd=work)
+        proc = run_job(argv, env=env, timeout=1200, cwd=work)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, f"{argv} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    assert proc.returncode == 0 and lines, f"{argv} failed: {failure_output(proc)}"
     return json.loads(lines[0][len("RESULT "):])
 
 

@@ -4,12 +4,11 @@ release) in a subprocess, and comparing results."""
 import functools
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from helpers import clean_env, free_port
+from helpers import clean_env, failure_output, free_port, run_job
 
 HERE = Path(__file__).resolve().parent
 SFT_RUNNER = HERE / "sft_run.py"
@@ -69,9 +68,9 @@ def run(runner, release, patched, deepspeed, world, disable, options):
     env = release_env(release, deepspeed, GRADFIX="1" if patched else "0", GRADFIX_DISABLE=disable)
     with tempfile.TemporaryDirectory(prefix=f"orl-{release}-") as workdir:  # model, data, checkpoint
         argv = [*launcher, str(runner), "--workdir", workdir, *flags]
-        proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900, cwd=workdir)
+        proc = run_job(argv, env=env, timeout=900, cwd=workdir)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, f"{argv} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0 and lines, f"{argv} failed: {failure_output(proc)}"
     result = json.loads(lines[0][len("RESULT "):])
     result["log"] = proc.stderr[-20000:]  # gradfix's warnings and report
     return result

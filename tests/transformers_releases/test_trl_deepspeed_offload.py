@@ -7,13 +7,12 @@ PyTorch token mean of the step.
 """
 
 import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import pytest
-from helpers import clean_env
+from helpers import clean_env, failure_output, run_job
 from tfrun import BUG, MATCH, deepspeed_folder, free_port
 
 pytest.importorskip("trl", reason="TRL is installed by `nox -s transformers`")
@@ -39,8 +38,8 @@ def sft(patched):
         argv = [sys.executable, "-m", "accelerate.commands.launch", "--use_deepspeed", "--deepspeed_config_file",
                 str(config), "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no",
                 "--dynamo_backend", "no", str(WORKER), str(out)]
-        proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900, cwd=workdir)
-        assert proc.returncode == 0 and out.exists(), f"{argv} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        proc = run_job(argv, env=env, timeout=900, cwd=workdir)
+        assert proc.returncode == 0 and out.exists(), f"{argv} failed: {failure_output(proc)}"
         result = json.loads(out.read_text())
     result["output"] = proc.stdout + proc.stderr
     return result

@@ -4,13 +4,12 @@ with a cached DeepSpeed release) under torchrun, and reading its result."""
 import functools
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import pytest
-from helpers import clean_env, free_port
+from helpers import clean_env, failure_output, free_port, run_job
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
@@ -70,8 +69,8 @@ def run_worker(worker, folders, patched, options, ranks=1, **environment):
         out = Path(workdir) / "result.json"
         argv = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks),
                 "--master_port", str(free_port()), str(worker), str(out), *options]
-        proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600, cwd=workdir)
-        assert proc.returncode == 0 and out.exists(), f"{argv} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        proc = run_job(argv, env=env, timeout=600, cwd=workdir)
+        assert proc.returncode == 0 and out.exists(), f"{argv} failed: {failure_output(proc)}"
         result = json.loads(out.read_text())
     result["output"] = proc.stdout + proc.stderr
     return result
