@@ -48,6 +48,7 @@ def parse_args():
     parser.add_argument("--role", choices=["actor", "critic"], default="actor")
     parser.add_argument("--dynamic-batch", type=int, default=0, metavar="TOKENS",
                         help="dynamic batching with this many tokens per micro-batch (0: off)")
+    parser.add_argument("--adam-offload", action="store_true", help="DeepSpeed optimizer offload to the CPU")
     parser.add_argument("--reference", action="store_true")
     return parser.parse_args()
 
@@ -68,6 +69,7 @@ def cli_arguments(args, model_dir, save_dir, world):
                  "--ds.param_dtype", "bf16", "--ds.attn_implementation", "eager", "--ckpt.output_dir", save_dir,
                  "--actor.num_gpus_per_node", world, "--train.seed", 42,
                  "--actor.policy_loss_type", args.policy_loss]
+        flags += ["--ds.adam_offload"] if args.adam_offload else []
         return [str(flag) for flag in flags]
     flags = ["--pretrain", model_dir, "--remote_rm_url", "http://127.0.0.1:1",
              "--advantage_estimator", "gae" if critic else "reinforce", "--init_kl_coef", 0,
@@ -77,6 +79,7 @@ def cli_arguments(args, model_dir, save_dir, world):
              "--max_epochs", args.epochs, "--actor_learning_rate", 1e-30, "--zero_stage", args.zero,
              "--save_path", save_dir, "--actor_num_gpus_per_node", world, "--seed", 42, "--vllm_num_engines", 0]
     flags += ["--policy_loss_type", args.policy_loss] if args.policy_loss != "ppo" else []
+    flags += ["--adam_offload"] if args.adam_offload else []
     flags += ["--param_dtype", "bf16"] if openrlhf_version() >= (0, 9, 0) else ["--bf16"]
     flags += ["--attn_implementation", "eager"] if openrlhf_version() >= (0, 8, 0) else []
     return [str(flag) for flag in flags]
@@ -304,7 +307,7 @@ def main():
 
     import torch.distributed as dist
 
-    result = {"grad_norms": observer.grad_norms, "gradfix": gradfix_records(),
+    result = {"grad_norms": observer.grad_norms, "gradfix": gradfix_records(), "micro_batches": len(observer.trained),
               "seconds_per_step": seconds / max(len(observer.grad_norms), 1)}
     if args.reference:
         everyone = [observer.trained]

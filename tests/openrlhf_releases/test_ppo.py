@@ -1,5 +1,6 @@
-"""openrlhf-ppo-{actor,critic}-microbatch-mean, -microbatch-mean-dp and
-openrlhf-ppo-dynamic-batch-sample-fraction against real OpenRLHF releases: the
+"""openrlhf-ppo-{actor,critic}-microbatch-mean, -microbatch-mean-dp,
+openrlhf-ppo-dynamic-batch-sample-fraction and openrlhf-ppo-{actor,critic}-dynamic-batch-boundary
+against real OpenRLHF releases: the
 release's own PPO actor or critic (built from its CLI's arguments by its own Ray
 actor class, without Ray) trains on a tiny Llama with
 DeepSpeed on CPU, micro batch 1, GA 2 or 4, responses of 2 to 600 tokens, the PPO
@@ -14,6 +15,8 @@ sum over the window's count). Fixed releases must be left alone.
 
 With dynamic batching the windows are the replay buffer's optimizer steps (micro-batches
 of at most 300 tokens, DeepSpeed at GA 1) and the reference OpenRLHF is 0.10.3 and later.
+No release marks the inner backwards of such a step for DeepSpeed; ZeRO-1/2 runs are
+checked against the reference and the same release's ZeRO-3 run, which accumulates.
 """
 
 import os
@@ -109,10 +112,14 @@ def test_ppo_actor_sequence_level_loss_is_reported_not_corrected():
 
 
 DYNAMIC_PATCH = "openrlhf-ppo-dynamic-batch-sample-fraction"
-# ZeRO-3: with GA 1, DeepSpeed 0.18.3+ ZeRO-1/2 keep only the last of several backward() calls
-# per step unless the caller marks the inner ones, which OpenRLHF never does (0.10.4 and 0.11.2
-# too); ZeRO-3 and ZeRO-0 accumulate them. That DeepSpeed behaviour is outside this patch.
+# ZeRO-3 (or 0) for the token-share tests: with GA 1, DeepSpeed 0.18.3+ ZeRO-1/2 keep only the
+# last of several backward() calls per step unless the caller marks the inner ones, which
+# OpenRLHF never does (openrlhf-ppo-*-dynamic-batch-boundary, tested below).
 DYNAMIC_TOKENS = 300
+
+
+def boundary_patch(role):
+    return f"openrlhf-ppo-{role}-dynamic-batch-boundary"
 
 
 def check_dynamic(release, role="actor", world=1, zero=3):
@@ -129,7 +136,7 @@ def check_dynamic(release, role="actor", world=1, zero=3):
     assert max(relative_gaps(unpatched["grad_norms"], unpatched["reference"]["grad_norms"])) > 0.1, \
         "the unpatched buggy release should be far from the step's token mean"
     assert record["state"] == "applied" and record["hits"] == steps, record
-    for patch in PATCHES[role].values():  # GA 1: the window patches stay out of it
+    for patch in [*PATCHES[role].values(), boundary_patch(role)]:  # GA 1, ZeRO-3/0: nothing else to do
         assert patched["gradfix"][patch]["hits"] == 0, patched["gradfix"][patch]
     assert matches_reference(patched), (patched["grad_norms"], patched["reference"]["grad_norms"])
     if FIRST_FIXED in stacks():
@@ -155,3 +162,47 @@ def test_ppo_dynamic_batching_two_ranks(release):
 def test_ppo_critic_dynamic_batching(release):
     """ZeRO-0: the reference's fp32 copy of the critic is taken from unpartitioned weights."""
     check_dynamic(release, role="critic", zero=0)
+
+
+def check_boundary(release, deepspeed, role="actor", **options):
+    """Dynamic batching under ZeRO-2: every inner backward of a step marked, and the
+    step's gradient the reference's. Returns (unpatched, patched)."""
+    options = {"role": role, "dynamic_batch": DYNAMIC_TOKENS, "zero": 2, **options}
+    unpatched, patched = ppo(release, False, deepspeed, **options), ppo(release, True, deepspeed, **options)
+    steps = len(patched["reference"]["grad_norms"])
+    assert steps == len(patched["grad_norms"]) >= 2 and patched["micro_batches"] > steps
+    record = patched["gradfix"][boundary_patch(role)]
+    assert record["state"] == "applied" and record["hits"] == patched["micro_batches"] - steps, record
+    assert matches_reference(patched), (patched["grad_norms"], patched["reference"]["grad_norms"])
+    return unpatched, patched
+
+
+@pytest.mark.parametrize("release", [r for r in releases() if r == "0.11.2"])
+def test_ppo_dynamic_batching_zero2_keeps_every_micro_batch(release):
+    """The newest release on its DeepSpeed (0.19.8): unpatched, ZeRO-2 keeps only each
+    step's last micro-batch; patched, it computes what the same release's ZeRO-3 does."""
+    unpatched, patched = check_boundary(release, stacks()[release])
+    assert max(relative_gaps(unpatched["grad_norms"], unpatched["reference"]["grad_norms"])) > 0.1, \
+        "unpatched ZeRO-2 should lose micro-batches"
+    zero3 = ppo(release, False, stacks()[release], role="actor", dynamic_batch=DYNAMIC_TOKENS, zero=3)
+    assert max(relative_gaps(patched["grad_norms"], zero3["grad_norms"])) <= SAME_UPDATE, \
+        (patched["grad_norms"], zero3["grad_norms"])
+
+
+@pytest.mark.parametrize("release", [r for r in releases() if r == "0.9.10"])
+def test_ppo_dynamic_batching_paper_stack_with_offload(release):
+    """The paper's stack (DeepSpeed 0.18.9), ZeRO-2 with Adam offload: the token share,
+    the boundary marks and ds-zero2-offload-multi-backward together give the reference."""
+    unpatched, patched = check_boundary(release, stacks()[release], adam_offload=True)
+    assert max(relative_gaps(unpatched["grad_norms"], unpatched["reference"]["grad_norms"])) > 0.1
+    assert patched["gradfix"][DYNAMIC_PATCH]["hits"] == len(patched["grad_norms"])
+    assert patched["gradfix"]["ds-zero2-offload-multi-backward"]["hits"] > 0
+
+
+@pytest.mark.parametrize("release", [r for r in releases() if r == "0.11.2"])
+def test_ppo_critic_dynamic_batching_zero2_right_already_is_unchanged(release):
+    """DeepSpeed 0.16.9 without offload accumulates unmarked backwards: the marks must
+    leave that correct run exactly as it was."""
+    unpatched, patched = check_boundary(release, CRITIC_DEEPSPEED, role="critic")
+    assert matches_reference(unpatched)
+    assert patched["grad_norms"] == unpatched["grad_norms"]
