@@ -41,8 +41,8 @@ def killed_by(proc):
 def run_job(argv, **options):
     """subprocess.run with the output captured, for a training job. A job whose process
     (or first failed rank) a signal ended is run once more: gloo can abort a rank while
-    the process group is torn down after training has finished (SIGABRT, seen once in
-    several hundred two-rank runs on a loaded 2-core machine). The jobs are
+    the process group is torn down after training has finished (SIGABRT in one CI run;
+    100 repetitions of that job on a loaded 2-core machine did not show it). The jobs are
     deterministic, so a real failure fails the second time as well, and a Python error
     or a failed check ends a job with a status, which is never retried."""
     proc = subprocess.run(argv, capture_output=True, text=True, **options)
