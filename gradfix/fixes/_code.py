@@ -25,3 +25,19 @@ def method_source(owner, name):
         return flat_source(getattr(owner, name))
     except (OSError, TypeError) as exc:
         return gates.unknown(f"cannot read {label}: {exc}")
+
+
+def marked_source(owner, name, fixed_mark, marks, unexpected):
+    """The flattened source of ``owner.name`` when it holds every one of ``marks`` (the
+    buggy code's fingerprints); otherwise the gate's verdict: why it cannot be read,
+    ``gates.fixed()`` when it holds ``fixed_mark``, or ``gates.unknown`` naming the first
+    mark it lacks (``unexpected`` says what the method no longer does as expected)."""
+    source = method_source(owner, name)
+    if isinstance(source, gates.Probe):
+        return source
+    if fixed_mark in source:
+        return gates.fixed()
+    missing = [mark for mark in marks if mark not in source]
+    if missing:
+        return gates.unknown(f"{owner.__name__}.{name} {unexpected} for this release (no {missing[0]!r})")
+    return source

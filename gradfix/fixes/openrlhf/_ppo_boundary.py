@@ -18,7 +18,7 @@ engines are marked; micro-batches, losses and optimizer steps are OpenRLHF's.
 """
 
 from gradfix import gates
-from gradfix.fixes._code import method_source
+from gradfix.fixes._code import marked_source
 
 from . import _ppo
 
@@ -29,22 +29,21 @@ ACCUMULATING_STAGES = (1, 2)  # the ZeRO stages that finish the gradient partiti
 
 
 def probe(module, role):
-    trainer = getattr(module, role.trainer, None)
-    source = method_source(trainer, "training_step")
-    if isinstance(source, gates.Probe):
-        return source
-    if FIXED_MARK in source:
-        return gates.fixed()
-    missing = [mark for mark in TRAINING_STEP_MARKS if mark not in source]
-    if missing:
-        return gates.unknown(f"{role.trainer}.training_step does not train as expected for this release "
-                             f"(no {missing[0]!r})")
-    import inspect
-
-    if "step" not in inspect.signature(trainer.training_step).parameters:
+    trainer_class = getattr(module, role.trainer, None)
+    verdict = marked_source(trainer_class, "training_step", FIXED_MARK, TRAINING_STEP_MARKS,
+                            "does not train as expected")
+    if isinstance(verdict, gates.Probe):
+        return verdict
+    if "step" not in training_step_signature(trainer_class).parameters:
         return gates.unknown(f"{role.trainer}.training_step takes no 'step'")
     return gates.buggy("dynamic batching never marks inner backwards, so under ZeRO-1/2 every micro-batch "
                        "ends DeepSpeed's accumulation")
+
+
+def training_step_signature(trainer_class):
+    import inspect
+
+    return inspect.signature(trainer_class.training_step)
 
 
 def engine_of(trainer, role):
@@ -65,20 +64,14 @@ def ends_step(trainer, step):
     return bool(flags[step])
 
 
-def step_argument(training_step, args, kwargs):
-    """The ``step`` a training step was called with (positional or keyword)."""
-    import inspect
+def marked_training_step(role, trainer_class, patcher):
+    signature = training_step_signature(trainer_class)  # read once: training steps are a hot path
 
-    return inspect.signature(training_step).bind(*args, **kwargs).arguments.get("step")
-
-
-def marked_training_step(role, patcher):
     def training_step(wrapped, trainer, args, kwargs):
         engine = engine_of(trainer, role) if _ppo.dynamic_batching(trainer.args) else None
         if engine is None or engine.zero_optimization_stage() not in ACCUMULATING_STAGES:
             return wrapped(*args, **kwargs)
-        step = step_argument(wrapped, args, kwargs)
-        last = ends_step(trainer, step)
+        last = ends_step(trainer, signature.bind(trainer, *args, **kwargs).arguments.get("step"))
         if last is None:
             return wrapped(*args, **kwargs)
         engine.set_gradient_accumulation_boundary(last)
@@ -90,4 +83,5 @@ def marked_training_step(role, patcher):
 
 
 def apply(module, role, patcher):
-    patcher.wrap(getattr(module, role.trainer), "training_step", marked_training_step(role, patcher))
+    trainer_class = getattr(module, role.trainer)
+    patcher.wrap(trainer_class, "training_step", marked_training_step(role, trainer_class, patcher))

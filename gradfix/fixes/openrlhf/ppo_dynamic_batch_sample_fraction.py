@@ -20,7 +20,7 @@ warning; so is ring attention without a device mesh.
 """
 
 from gradfix import gates, report
-from gradfix.fixes._code import method_source
+from gradfix.fixes._code import marked_source
 
 from . import _window
 
@@ -36,15 +36,10 @@ _warned = set()  # reasons already told: the buffer is set up once per rollout
 
 
 def probe(module):
-    source = method_source(getattr(module, "NaiveReplayBuffer", None), "setup_dynamic_batch")
-    if isinstance(source, gates.Probe):
-        return source
-    if FIXED_MARK in source:
-        return gates.fixed()
-    missing = [mark for mark in BUGGY_MARKS if mark not in source]
-    if missing:
-        return gates.unknown(f"setup_dynamic_batch does not scale losses as expected for this release "
-                             f"(no {missing[0]!r})")
+    verdict = marked_source(getattr(module, "NaiveReplayBuffer", None), "setup_dynamic_batch", FIXED_MARK,
+                            BUGGY_MARKS, "does not scale losses as expected")
+    if isinstance(verdict, gates.Probe):
+        return verdict
     return gates.buggy("each dynamic micro-batch's loss is weighted by its share of the step's samples")
 
 
