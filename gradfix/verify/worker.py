@@ -7,6 +7,11 @@ norms and, when gradfix is imported, its patch records.
     python -m gradfix.verify.worker --mode deepspeed --config ds.json
     python -m gradfix.verify.worker --mode reference --config ds.json --world 2
     python -m gradfix.verify.worker --mode deepspeed --config ds.json --pipeline-stages 2  (under torchrun)
+    python -m gradfix.verify.worker --mode deepspeed --config ds.json --calls tensor:engine,model-output:direct
+
+``--calls`` trains once per call shape in the same process (see CALLS): what the
+model returns and how backward is called. The top-level result is the first
+call's; ``calls`` holds every call's result by name.
 
 The DeepSpeed run takes its rank and world size from the usual environment
 variables (set by torchrun); with none set it runs as a single process. Each rank
@@ -36,6 +41,57 @@ def micro_batch(step, micro, rank, size):
     return torch.randn(size, IN, generator=generator), torch.randn(size, OUT, generator=generator)
 
 
+# What the model returns (OUTPUTS) and how the training loop calls backward (BACKWARDS);
+# a call shape is "OUTPUT:BACKWARD". DeepSpeed 0.18.3 and later divide the gradient
+# reaching every tensor the engine's forward returns by GA, so these shapes differ there.
+OUTPUTS = {
+    "tensor": "the model returns its prediction; the loss is computed from it outside",
+    "model-output": "the model returns {'loss', 'logits'} (a transformers ModelOutput called with labels)",
+    "tuple": "the model returns (loss, logits, hidden)",
+    "shared": "the loss adds a second forward of engine.module (a shared loss)",
+}
+BACKWARDS = {
+    "engine": "engine.backward(loss)",
+    "direct": "loss.backward() (DeepSpeed 0.18.3+, ZeRO-1/2)",
+}
+DEFAULT_CALL = "tensor:engine"
+
+
+def parse_calls(text):
+    """["OUTPUT:BACKWARD", ...] from "a:b,c:d"; ValueError names what is unknown."""
+    calls = [c.strip() for c in text.split(",") if c.strip()]
+    for call in calls:
+        output, _, backward = call.partition(":")
+        if output not in OUTPUTS or backward not in BACKWARDS:
+            raise ValueError(f"unknown call shape {call!r}: use OUTPUT:BACKWARD with OUTPUT one of "
+                             f"{', '.join(OUTPUTS)} and BACKWARD one of {', '.join(BACKWARDS)}")
+    if not calls:
+        raise ValueError("no call shape given")
+    return calls
+
+
+class ReturnsOutputs(torch.nn.Module):
+    """The tiny model computing its own loss and returning it with other tensors on
+    its graph, the way a transformers model called with ``labels`` does."""
+
+    def __init__(self, net, output):
+        super().__init__()
+        self.net, self.output = net, output
+
+    def forward(self, x, y):
+        hidden = self.net[1](self.net[0](x))
+        logits = self.net[2](hidden)
+        loss = torch.nn.functional.mse_loss(logits, y)
+        if self.output == "model-output":
+            return {"loss": loss, "logits": logits}
+        return loss, logits, hidden
+
+
+def shared_batch(step, micro, rank, size):
+    """The second micro-batch of a shared loss."""
+    return micro_batch(step, micro + 10_000, rank, size)
+
+
 def flat(net):
     return torch.cat([p.detach().float().reshape(-1).cpu() for p in net.parameters()]).tolist()
 
@@ -46,7 +102,10 @@ def window(config, backwards):
     return int(config.get("train_micro_batch_size_per_gpu", 1)), max(ga, backwards), ga
 
 
-def run_reference(config, args):
+def run_reference(config, args, call=DEFAULT_CALL):
+    """Plain PyTorch, fp32. Every call shape has the same maths except the shared
+    loss, which adds the second forward's loss."""
+    shared = call.partition(":")[0] == "shared"
     size, per_step, ga = window(config, args.backwards)
     clip = float(config.get("gradient_clipping", 0.0) or 0.0)
     net = build_model()
@@ -58,6 +117,9 @@ def run_reference(config, args):
             for micro in range(per_step):
                 x, y = micro_batch(step, micro, rank, size)
                 loss = torch.nn.functional.mse_loss(net(x), y)
+                if shared:
+                    x2, y2 = shared_batch(step, micro, rank, size)
+                    loss = loss + torch.nn.functional.mse_loss(net(x2), y2)
                 (loss / (ga * args.world)).backward()  # DeepSpeed: 1/GA per micro-batch, mean over ranks
         norms.append(torch.cat([p.grad.reshape(-1) for p in net.parameters()]).norm().item())
         if clip > 0:
@@ -88,23 +150,59 @@ def run_deepspeed(config, args):
     import deepspeed
 
     deepspeed.init_distributed(dist_backend="gloo" if args.device == "cpu" else "nccl")
+    results = {call: train_deepspeed(deepspeed, config, args, call) for call in args.calls}
+    if torch.distributed.is_initialized():  # a clean shutdown: gloo aborts at exit otherwise
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    return dict(results[args.calls[0]], calls=results)
+
+
+def direct_backward_unsupported(engine):
+    """Why this engine refuses ``loss.backward()`` (None when it takes it)."""
+    if not hasattr(engine, "_support_torch_style_backward"):
+        return "this DeepSpeed release has no direct loss.backward() (0.18.3 and later have)"
+    if not engine._support_torch_style_backward:
+        return "DeepSpeed takes direct loss.backward() only with a ZeRO optimizer (stage 1 or more)"
+    return None
+
+
+def micro_batch_loss(engine, output, batch, second_batch):
+    x, y = batch
+    if output == "tensor":
+        return torch.nn.functional.mse_loss(engine(x), y)
+    if output == "shared":
+        x2, y2 = second_batch
+        return torch.nn.functional.mse_loss(engine(x), y) + torch.nn.functional.mse_loss(engine.module(x2), y2)
+    outputs = engine(x, y)
+    return outputs["loss"] if output == "model-output" else outputs[0]
+
+
+def train_deepspeed(deepspeed, config, args, call):
+    """One training run of the tiny model with one call shape."""
+    output, _, backward = call.partition(":")
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     size, per_step, _ = window(config, args.backwards)
     net = build_model()
     initial = flat(net)
-    engine, _, _, _ = deepspeed.initialize(model=net, optimizer=torch.optim.SGD(net.parameters(), lr=LR),
+    model = net if output in ("tensor", "shared") else ReturnsOutputs(net, output)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=LR),
                                            config=config)
+    if backward == "direct" and direct_backward_unsupported(engine):
+        return {"skipped": direct_backward_unsupported(engine), "deepspeed": deepspeed.__version__}
     dtype = next(engine.module.parameters()).dtype
     device = next(engine.module.parameters()).device
+    cast = lambda batch: tuple(t.to(device=device, dtype=dtype) for t in batch)  # noqa: E731
     several_backwards = args.backwards > 1
     params, norms = [], []
     for step in range(args.steps):
         for micro in range(per_step):
-            x, y = (t.to(device=device, dtype=dtype) for t in micro_batch(step, micro, rank, size))
-            loss = torch.nn.functional.mse_loss(engine(x), y)
+            loss = micro_batch_loss(engine, output, cast(micro_batch(step, micro, rank, size)),
+                                    cast(shared_batch(step, micro, rank, size)))
             if several_backwards:  # the caller marks the inner backwards itself
                 engine.set_gradient_accumulation_boundary(micro == per_step - 1)
-            if args.user_scaled_loss:  # as Hugging Face Accelerate does
+            if backward == "direct":
+                (engine.scale(loss) if (config.get("fp16") or {}).get("enabled") else loss).backward()
+            elif args.user_scaled_loss:  # as Hugging Face Accelerate does
                 engine.backward(loss / engine.gradient_accumulation_steps(), scale_wrt_gas=False)
             else:
                 engine.backward(loss)
@@ -115,9 +213,6 @@ def run_deepspeed(config, args):
         norm = engine.get_global_grad_norm()
         norms.append(float(norm) if norm is not None else None)
         params.append(flat(engine.module))
-    if torch.distributed.is_initialized():  # a clean shutdown: gloo aborts at exit otherwise
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
     return {"initial": initial, "params": params, "grad_norms": norms, "world": world, "rank": rank,
             "deepspeed": deepspeed.__version__, "dtype": str(dtype).replace("torch.", "")}
 
@@ -205,6 +300,9 @@ def main(argv=None):
     parser.add_argument("--world", type=int, default=1, help="reference only: data-parallel ranks to average")
     parser.add_argument("--pipeline-stages", type=int, default=0,
                         help="deepspeed only: train the model as a PipelineModule of this many stages")
+    parser.add_argument("--calls", type=parse_calls, default=[DEFAULT_CALL],
+                        help="call shapes OUTPUT:BACKWARD, comma-separated: OUTPUT " + ", ".join(OUTPUTS)
+                        + "; BACKWARD " + ", ".join(BACKWARDS))
     parser.add_argument("--user-scaled-loss", action="store_true",
                         help="divide the loss by GA here and call engine.backward(loss, scale_wrt_gas=False)")
     args = parser.parse_args(argv)
@@ -212,7 +310,8 @@ def main(argv=None):
         config = json.load(handle)
     torch.backends.cuda.matmul.allow_tf32 = False  # keep GPU runs comparable with the fp32 reference
     if args.mode == "reference":
-        result = run_reference(config, args)
+        calls = {call: run_reference(config, args, call) for call in args.calls}
+        result = dict(calls[args.calls[0]], calls=calls)
     else:
         result = (run_pipeline if args.pipeline_stages else run_deepspeed)(config, args)
     if "gradfix" not in result:
