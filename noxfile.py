@@ -87,39 +87,74 @@ def tests_oldest_python(session):
 # 0.18.2 (before), 0.18.5 (oldest affected), 0.18.9. ds-scale-wrt-gas-ignored: 0.18.2,
 # 0.18.3 (the one affected release), 0.18.4 (fixed). ds-pipeline-ga-scale: 0.15.2 (before),
 # variant 1 (0.16.4, 0.18.2), variant 2 (0.18.3, 0.19.2), 0.19.3 (first fixed). 0.19.0
-# first fixed for the offload and bf16 bugs, 0.19.8 the newest release.
+# first fixed for the offload and bf16 bugs, 0.19.8 the newest release. ds-output-hooks-*:
+# 0.18.3, 0.19.2 and 0.19.5 (the three hook variants), 0.19.6 (engine.backward fixed).
 DEEPSPEED_RELEASES = ["0.14.5", "0.15.1", "0.15.2", "0.16.4", "0.16.9", "0.17.6", "0.18.2", "0.18.3", "0.18.4",
-                      "0.18.5", "0.18.6", "0.18.9", "0.19.0", "0.19.2", "0.19.3", "0.19.8"]
+                      "0.18.5", "0.18.6", "0.18.9", "0.19.0", "0.19.2", "0.19.3", "0.19.5", "0.19.6", "0.19.8"]
 DEEPSPEED_DEPENDENCIES = ["hjson", "msgpack", "ninja", "numpy", "psutil", "py-cpuinfo", "pydantic", "tqdm",
                           "einops", "setuptools", "wheel"]
 
 
-def install_into_folder(session, folder, *requirements, env=None):
+def _folder_complete(folder, requirements):
+    stamp = folder / ".gradfix-requirements"
+    return folder.is_dir() and stamp.exists() and stamp.read_text() == "\n".join(requirements)
+
+
+def install_into_folder(session, folder, *requirements, env=None, python=None):
     """pip install ``requirements`` (no dependencies) into ``folder`` once: a folder
     is complete only after the install finished, so an interrupted one is redone, and
-    it records its requirements, so a folder whose list changed is rebuilt."""
-    stamp = folder / ".gradfix-requirements"
-    wanted = "\n".join(requirements)
-    if folder.is_dir():
-        if stamp.exists() and stamp.read_text() == wanted:
-            return
-        shutil.rmtree(folder)
+    it records its requirements, so a folder whose list changed is rebuilt. ``python``:
+    run pip directly with that interpreter (for installs from several threads)."""
+    if _folder_complete(folder, requirements):
+        return
+    shutil.rmtree(folder, ignore_errors=True)
     partial = folder.with_name("partial-" + folder.name)
     shutil.rmtree(partial, ignore_errors=True)
-    session.run_install("python", "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--upgrade",
-                        "--target", str(partial), *requirements, env=env or {})
-    (partial / stamp.name).write_text(wanted)
+    command = ["-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--upgrade", "--target",
+               str(partial), *requirements]
+    if python:
+        import subprocess
+
+        proc = subprocess.run([python, *command], env={**os.environ, **(env or {})}, capture_output=True, text=True)
+        if proc.returncode != 0:
+            session.error(f"pip install {' '.join(requirements)} failed:\n{proc.stderr[-3000:]}")
+    else:
+        session.run_install("python", *command, env=env or {})
+    (partial / ".gradfix-requirements").write_text("\n".join(requirements))
     partial.rename(folder)
 
 
-def install_deepspeed_releases(session, releases):
+def install_deepspeed_releases(session, releases, ops=("ShareMemCommBuilder",)):
     """Each release is pure Python (DS_BUILD_OPS=0) in its own folder under
-    ~/.cache/gradfix/deepspeed, put on PYTHONPATH by the tests."""
-    for release in releases:
-        install_into_folder(session, CACHE / "deepspeed" / f"ds-{release}", f"deepspeed=={release}",
-                            env={"DS_BUILD_OPS": "0"})
+    ~/.cache/gradfix/deepspeed, put on PYTHONPATH by the tests. Missing folders are
+    installed a few at a time (a cold install builds DeepSpeed's sdist, ~25 s each,
+    mostly waiting). ``ops`` are then given to every folder prebuilt, each distinct
+    op source compiled once for all releases and sessions (tests/deepspeed_ops.py)."""
+    folders = [CACHE / "deepspeed" / f"ds-{release}" for release in releases]
+    jobs = [(folder, [f"deepspeed=={release}"]) for folder, release in zip(folders, releases)]
+    install_folders_concurrently(session, jobs, env={"DS_BUILD_OPS": "0"})
     clear_interrupted_builds(CACHE / "deepspeed")
+    session.run("python", str(HERE / "tests" / "deepspeed_ops.py"), "--cache", str(CACHE / "deepspeed" / "ops"),
+                *(f"--op={op}" for op in ops), *map(str, folders), env={"DS_ACCELERATOR": "cpu"})
     return CACHE / "deepspeed"
+
+
+def install_folders_concurrently(session, jobs, env=None, workers=3):
+    """install_into_folder for each (folder, requirements) of ``jobs``, ``workers`` at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    python = str(Path(session.bin) / "python")
+    missing = [(folder, requirements) for folder, requirements in jobs if not _folder_complete(folder, requirements)]
+    if not missing:
+        return
+    session.log(f"installing {len(missing)} folders, {workers} at a time: {', '.join(f.name for f, _ in missing)}")
+
+    def install(job):
+        folder, requirements = job
+        install_into_folder(session, folder, *requirements, env=env, python=python)
+
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(install, missing))  # list(): re-raises the first failure
 
 
 def clear_interrupted_builds(folder):

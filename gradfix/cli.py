@@ -119,6 +119,15 @@ def cmd_verify(args) -> int:
     return verify.main(args)
 
 
+def _call_shapes(text):
+    from .verify.calls import parse_calls
+
+    try:
+        return parse_calls(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gradfix",
@@ -171,6 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "processes; ZeRO 0 or 1; default 0: no pipeline)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="where DeepSpeed runs (default: cuda when available, else cpu)")
+    p.add_argument("--calls", metavar="SHAPES", type=_call_shapes, default=None,
+                   help="call shapes OUTPUT:BACKWARD, comma-separated (default: all eight): OUTPUT tensor (the "
+                        "model returns its prediction), model-output ({loss, logits}), tuple ((loss, logits, "
+                        "hidden)), shared (the loss adds a forward of engine.module); BACKWARD engine "
+                        "(engine.backward(loss)) or direct (loss.backward())")
     p.add_argument("--timeout", type=float, default=600, help="seconds per run before giving up (default 600)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_verify)

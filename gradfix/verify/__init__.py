@@ -3,9 +3,11 @@ a configuration, and does gradfix make it so?
 
 It trains a tiny model a few optimizer steps three times, each in its own process:
 with DeepSpeed and gradfix off, with DeepSpeed and gradfix on, and as a plain
-PyTorch fp32 loop doing the same accumulation (the reference). It prints how far
-each step's parameters are from the reference (relative to the reference's
-update) and the gradient norm of every step, which patches acted, and a verdict.
+PyTorch fp32 loop doing the same accumulation (the reference). Each process trains
+it once per call shape (what the model returns, how backward is called: DeepSpeed
+0.18.3 and later scale these differently). It prints how far each step's parameters
+are from the reference (relative to the reference's update) and the gradient norm
+of every step, which call shapes are wrong, which patches acted, and a verdict.
 
 Exit codes: 0 the run with gradfix matches the reference; 1 it does not; 2 verify
 could not run (no DeepSpeed, bad configuration, a run failed).
@@ -19,16 +21,9 @@ import sys
 import tempfile
 import time
 
-from . import compare, dsconfig
+from . import calls as call_shapes, compare, dsconfig
 
 OK, WRONG, CANNOT_RUN = 0, 1, 2
-RUNS = (  # label, worker mode, GRADFIX value
-    ("reference", "reference", "0"),
-    ("without gradfix", "deepspeed", "0"),
-    ("with gradfix", "deepspeed", "1"),
-)
-
-
 class RunFailed(Exception):
     pass
 
@@ -62,6 +57,8 @@ def _free_port():
 def _start(mode, gradfix_value, config_path, options):
     worker = ["gradfix.verify.worker", "--mode", mode, "--config", config_path, "--device", options.device,
               "--steps", str(options.steps), "--backwards", str(options.backwards)]
+    if not options.pipeline_stages:
+        worker += ["--calls", ",".join(getattr(options, "calls", None) or call_shapes.ALL_CALLS)]
     processes = options.ranks * max(options.pipeline_stages, 1)
     if mode == "reference":
         argv = [sys.executable, "-m", *worker, "--world", str(options.ranks)]
@@ -143,7 +140,8 @@ def _verdict(without, with_fix, version):
 
 
 class Outcome:
-    """The three runs compared: per-run comparisons, exit code and verdict."""
+    """The three runs compared: per-run comparisons (the first call shape's, and every
+    shape's), exit code and verdict."""
 
     def __init__(self, config, changes, results):
         self.config, self.changes, self.results = config, changes, results
@@ -151,16 +149,36 @@ class Outcome:
         self.version = results["without gradfix"].get("deepspeed", "?")
         self.comparisons = {label: compare.Comparison(results[label], results["reference"], self.precision)
                             for label in ("without gradfix", "with gradfix")}
-        self.code, self.verdict = _verdict(self.comparisons["without gradfix"], self.comparisons["with gradfix"],
-                                           self.version)
+        self.by_call = self._compare_calls()
+        without = compare.Combined([c["without gradfix"] for c in self.by_call.values() if c])
+        with_fix = compare.Combined([c["with gradfix"] for c in self.by_call.values() if c])
+        self.code, self.verdict = _verdict(without, with_fix, self.version)
+
+    def _compare_calls(self):
+        """call -> {label: Comparison}, or None where the release cannot run that call."""
+        calls = self.results["reference"].get("calls") or {}
+        compared = {}
+        for call in calls:
+            runs = {label: self.results[label]["calls"][call] for label in ("without gradfix", "with gradfix")}
+            if any("skipped" in run for run in runs.values()):
+                compared[call] = None
+                continue
+            compared[call] = {label: compare.Comparison(run, calls[call], self.precision) for label, run in runs.items()}
+        return compared or {None: self.comparisons}
+
+    def wrong_calls(self, label):
+        return [call for call, runs in self.by_call.items() if runs and not runs[label].correct]
 
     def to_dict(self):
         return {"deepspeed": self.version, "config": self.config, "changes": self.changes,
                 "precision": self.precision, "verdict": self.verdict, "exit_code": self.code,
                 "reference_grad_norms": self.results["reference"]["grad_norms"],
                 "runs": {label: dict(comparison.to_dict(), grad_norms=self.results[label]["grad_norms"],
-                                     gradfix=self.results[label].get("gradfix"))
-                         for label, comparison in self.comparisons.items()}}
+                                     gradfix=self.results[label].get("gradfix"),
+                                     wrong_calls=self.wrong_calls(label))
+                         for label, comparison in self.comparisons.items()},
+                "calls": {call: (None if runs is None else {label: c.to_dict() for label, c in runs.items()})
+                          for call, runs in self.by_call.items() if call is not None}}
 
     def write(self, out):
         say = lambda line="": print(line, file=out)  # noqa: E731
@@ -174,12 +192,17 @@ class Outcome:
         for change in self.changes:
             say(f"  config: {change}")
         say()
+        first = next(iter(self.by_call))
+        if first is not None:
+            say(f"  {call_shapes.words(first)}:")
         say(f"  {'run':<17}{'update error vs reference':<28}{'grad norm per step':<28}")
         say(f"  {'reference':<17}{'-':<28}{compare.norms_text(reference['grad_norms']):<28}")
         for label, comparison in self.comparisons.items():
             say(f"  {label:<17}{compare.percent_text(comparison.update_errors):<27} "
                 f"{compare.norms_text(self.results[label]['grad_norms']):<27} "
                 f"{'matches' if comparison.correct else 'WRONG'}")
+        if first is not None:
+            self._write_calls(say)
         for line in compare.evidence_text(self.results["with gradfix"].get("gradfix")):
             say(f"  gradfix: {line}")
         say()
@@ -190,6 +213,20 @@ class Outcome:
             + ("One data-parallel rank: data-parallel averaging is not part of this check; --ranks 2 adds it.)"
                if ranks == 1
                else f"The reference averages the {ranks} ranks' micro-batches as data-parallel training does.)"))
+
+    def _write_calls(self, say):
+        say()
+        say(f"  {'call shape (largest update error)':<62}{'without gradfix':<20}with gradfix")
+        for call, runs in self.by_call.items():
+            if runs is None:
+                say(f"  {call_shapes.words(call):<62}{'not supported by this release and config'}")
+                continue
+            cells = [("matches" if c.correct else "WRONG") + f" ({compare.percent_text([max(c.update_errors)])})"
+                     for c in (runs["without gradfix"], runs["with gradfix"])]
+            say(f"  {call_shapes.words(call):<62}{cells[0]:<20}{cells[1]}")
+        wrong = self.wrong_calls("without gradfix")
+        if wrong:
+            say(f"  without gradfix WRONG: {'; '.join(call_shapes.words(call) for call in wrong)}")
 
 
 def _config(options):

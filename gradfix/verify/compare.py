@@ -36,6 +36,17 @@ class Comparison:
                 "max_param_differences": self.max_param_differences, "tolerance": TOLERANCE[self.precision]}
 
 
+class Combined:
+    """Several comparisons read as one: correct when every one is."""
+
+    def __init__(self, comparisons):
+        self.comparisons = comparisons
+
+    @property
+    def correct(self) -> bool:
+        return all(c.correct for c in self.comparisons)
+
+
 def _percent(error):
     if error < 1e-4:
         return "<0.01%"

@@ -9,7 +9,7 @@ norms and, when gradfix is imported, its patch records.
     python -m gradfix.verify.worker --mode deepspeed --config ds.json --pipeline-stages 2  (under torchrun)
     python -m gradfix.verify.worker --mode deepspeed --config ds.json --calls tensor:engine,model-output:direct
 
-``--calls`` trains once per call shape in the same process (see CALLS): what the
+``--calls`` trains once per call shape in the same process (gradfix.verify.calls): what the
 model returns and how backward is called. The top-level result is the first
 call's; ``calls`` holds every call's result by name.
 
@@ -27,6 +27,8 @@ import sys
 
 import torch
 
+from gradfix.verify.calls import DEFAULT_CALL, parse_calls
+
 IN, HIDDEN, OUT, LR = 8, 16, 4, 0.1
 
 
@@ -39,35 +41,6 @@ def micro_batch(step, micro, rank, size):
     """The micro-batch of one rank, the same in every run and independent of the others."""
     generator = torch.Generator().manual_seed(1_000_003 * step + 1_009 * micro + rank)
     return torch.randn(size, IN, generator=generator), torch.randn(size, OUT, generator=generator)
-
-
-# What the model returns (OUTPUTS) and how the training loop calls backward (BACKWARDS);
-# a call shape is "OUTPUT:BACKWARD". DeepSpeed 0.18.3 and later divide the gradient
-# reaching every tensor the engine's forward returns by GA, so these shapes differ there.
-OUTPUTS = {
-    "tensor": "the model returns its prediction; the loss is computed from it outside",
-    "model-output": "the model returns {'loss', 'logits'} (a transformers ModelOutput called with labels)",
-    "tuple": "the model returns (loss, logits, hidden)",
-    "shared": "the loss adds a second forward of engine.module (a shared loss)",
-}
-BACKWARDS = {
-    "engine": "engine.backward(loss)",
-    "direct": "loss.backward() (DeepSpeed 0.18.3+, ZeRO-1/2)",
-}
-DEFAULT_CALL = "tensor:engine"
-
-
-def parse_calls(text):
-    """["OUTPUT:BACKWARD", ...] from "a:b,c:d"; ValueError names what is unknown."""
-    calls = [c.strip() for c in text.split(",") if c.strip()]
-    for call in calls:
-        output, _, backward = call.partition(":")
-        if output not in OUTPUTS or backward not in BACKWARDS:
-            raise ValueError(f"unknown call shape {call!r}: use OUTPUT:BACKWARD with OUTPUT one of "
-                             f"{', '.join(OUTPUTS)} and BACKWARD one of {', '.join(BACKWARDS)}")
-    if not calls:
-        raise ValueError("no call shape given")
-    return calls
 
 
 class ReturnsOutputs(torch.nn.Module):
@@ -301,8 +274,7 @@ def main(argv=None):
     parser.add_argument("--pipeline-stages", type=int, default=0,
                         help="deepspeed only: train the model as a PipelineModule of this many stages")
     parser.add_argument("--calls", type=parse_calls, default=[DEFAULT_CALL],
-                        help="call shapes OUTPUT:BACKWARD, comma-separated: OUTPUT " + ", ".join(OUTPUTS)
-                        + "; BACKWARD " + ", ".join(BACKWARDS))
+                        help="call shapes OUTPUT:BACKWARD, comma-separated (gradfix.verify.calls)")
     parser.add_argument("--user-scaled-loss", action="store_true",
                         help="divide the loss by GA here and call engine.backward(loss, scale_wrt_gas=False)")
     args = parser.parse_args(argv)
