@@ -58,7 +58,7 @@ def _start(mode, gradfix_value, config_path, options):
     worker = ["gradfix.verify.worker", "--mode", mode, "--config", config_path, "--device", options.device,
               "--steps", str(options.steps), "--backwards", str(options.backwards)]
     if not options.pipeline_stages:
-        worker += ["--calls", ",".join(getattr(options, "calls", None) or call_shapes.ALL_CALLS)]
+        worker += ["--calls", ",".join(getattr(options, "calls", None) or call_shapes.VERIFY_CALLS)]
     processes = options.ranks * max(options.pipeline_stages, 1)
     if mode == "reference":
         argv = [sys.executable, "-m", *worker, "--world", str(options.ranks)]
@@ -140,19 +140,22 @@ def _verdict(without, with_fix, version):
 
 
 class Outcome:
-    """The three runs compared: per-run comparisons (the first call shape's, and every
-    shape's), exit code and verdict."""
+    """The three runs compared, call shape by call shape: exit code and verdict."""
 
     def __init__(self, config, changes, results):
         self.config, self.changes, self.results = config, changes, results
         self.precision = dsconfig.precision_of(config)
         self.version = results["without gradfix"].get("deepspeed", "?")
-        self.comparisons = {label: compare.Comparison(results[label], results["reference"], self.precision)
-                            for label in ("without gradfix", "with gradfix")}
         self.by_call = self._compare_calls()
-        without = compare.Combined([c["without gradfix"] for c in self.by_call.values() if c])
-        with_fix = compare.Combined([c["with gradfix"] for c in self.by_call.values() if c])
-        self.code, self.verdict = _verdict(without, with_fix, self.version)
+        self.combined = {label: compare.Combined([c[label] for c in self.by_call.values() if c])
+                         for label in ("without gradfix", "with gradfix")}
+        if not self.combined["with gradfix"].comparisons:
+            self.code, self.verdict = CANNOT_RUN, (f"DeepSpeed {self.version} cannot run any of the call shapes "
+                                                   "asked for with this configuration (see the table); choose "
+                                                   "others with --calls.")
+        else:
+            self.code, self.verdict = _verdict(self.combined["without gradfix"], self.combined["with gradfix"],
+                                               self.version)
 
     def _compare_calls(self):
         """call -> {label: Comparison}, or None where the release cannot run that call."""
@@ -164,7 +167,28 @@ class Outcome:
                 compared[call] = None
                 continue
             compared[call] = {label: compare.Comparison(run, calls[call], self.precision) for label, run in runs.items()}
-        return compared or {None: self.comparisons}
+        if compared:
+            return compared
+        return {None: {label: compare.Comparison(self.results[label], self.results["reference"], self.precision)
+                       for label in ("without gradfix", "with gradfix")}}  # a pipeline: one shape
+
+    def shown_call(self):
+        """The call shape the main table details: the first one wrong without gradfix, or
+        the first one (None for a run without call shapes: a pipeline)."""
+        wrong = self.wrong_calls("without gradfix")
+        ran = [call for call, runs in self.by_call.items() if runs]
+        return wrong[0] if wrong else (ran or [None])[0]
+
+    def _shown_comparison(self, label):
+        """The shown call's comparison and grad norms, as a dict ({} when no call ran)."""
+        shown = self.shown_call()
+        runs = self.by_call.get(shown)
+        if not runs:
+            return {}
+        return dict(runs[label].to_dict(), grad_norms=self._call_result(label, shown)["grad_norms"])
+
+    def _call_result(self, label, call):
+        return self.results[label] if call is None else self.results[label]["calls"][call]
 
     def wrong_calls(self, label):
         return [call for call, runs in self.by_call.items() if runs and not runs[label].correct]
@@ -172,11 +196,11 @@ class Outcome:
     def to_dict(self):
         return {"deepspeed": self.version, "config": self.config, "changes": self.changes,
                 "precision": self.precision, "verdict": self.verdict, "exit_code": self.code,
-                "reference_grad_norms": self.results["reference"]["grad_norms"],
-                "runs": {label: dict(comparison.to_dict(), grad_norms=self.results[label]["grad_norms"],
-                                     gradfix=self.results[label].get("gradfix"),
-                                     wrong_calls=self.wrong_calls(label))
-                         for label, comparison in self.comparisons.items()},
+                "shown_call": self.shown_call(),
+                "reference_grad_norms": self._call_result("reference", self.shown_call()).get("grad_norms"),
+                "runs": {label: dict(self._shown_comparison(label), gradfix=self.results[label].get("gradfix"),
+                                     correct=self.combined[label].correct, wrong_calls=self.wrong_calls(label))
+                         for label in ("without gradfix", "with gradfix")},
                 "calls": {call: (None if runs is None else {label: c.to_dict() for label, c in runs.items()})
                           for call, runs in self.by_call.items() if call is not None}}
 
@@ -192,16 +216,23 @@ class Outcome:
         for change in self.changes:
             say(f"  config: {change}")
         say()
-        first = next(iter(self.by_call))
-        if first is not None:
-            say(f"  {call_shapes.words(first)}:")
+        shown = self.shown_call()
+        if shown is None and self.code == CANNOT_RUN:
+            self._write_calls(say)
+            say()
+            say(f"Verdict: {self.verdict}")
+            return
+        results = {label: self._call_result(label, shown) for label in self.results}
+        if shown is not None:
+            say(f"  {call_shapes.words(shown)}:")
         say(f"  {'run':<17}{'update error vs reference':<28}{'grad norm per step':<28}")
-        say(f"  {'reference':<17}{'-':<28}{compare.norms_text(reference['grad_norms']):<28}")
-        for label, comparison in self.comparisons.items():
+        say(f"  {'reference':<17}{'-':<28}{compare.norms_text(results['reference']['grad_norms']):<28}")
+        for label in ("without gradfix", "with gradfix"):
+            comparison = self.by_call[shown][label]
             say(f"  {label:<17}{compare.percent_text(comparison.update_errors):<27} "
-                f"{compare.norms_text(self.results[label]['grad_norms']):<27} "
+                f"{compare.norms_text(results[label]['grad_norms']):<27} "
                 f"{'matches' if comparison.correct else 'WRONG'}")
-        if first is not None:
+        if shown is not None:
             self._write_calls(say)
         for line in compare.evidence_text(self.results["with gradfix"].get("gradfix")):
             say(f"  gradfix: {line}")
@@ -226,7 +257,7 @@ class Outcome:
             say(f"  {call_shapes.words(call):<62}{cells[0]:<20}{cells[1]}")
         wrong = self.wrong_calls("without gradfix")
         if wrong:
-            say(f"  without gradfix WRONG: {'; '.join(call_shapes.words(call) for call in wrong)}")
+            say(f"  wrong without gradfix: {'; '.join(call_shapes.words(call) for call in wrong)}")
 
 
 def _config(options):

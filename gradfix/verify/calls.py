@@ -15,6 +15,11 @@ BACKWARDS = {
 }
 DEFAULT_CALL = "tensor:engine"
 ALL_CALLS = tuple(f"{output}:{backward}" for backward in BACKWARDS for output in OUTPUTS)
+# What `gradfix verify` trains unless told otherwise: the plain loop, the canonical
+# transformers loop (`engine.backward(out.loss)`), a shared loss, and both through a
+# direct backward where the release takes one. (loss, logits, hidden) is hit wherever
+# {loss, logits} is; `--calls all` adds it and the plain loop's direct backward.
+VERIFY_CALLS = ("tensor:engine", "model-output:engine", "shared:engine", "model-output:direct", "shared:direct")
 
 
 def parse_calls(text):

@@ -10,6 +10,10 @@ import pytest
 from dsrun import FIRST_FIXED, affected_patches, release_env, releases
 
 BUGGY = "0.18.2"
+# verify's default call shapes (gradfix.verify.calls.VERIFY_CALLS): 3 through engine.backward,
+# 2 direct backwards, which releases before 0.18.3 cannot run. A patch's hits add up over the
+# shapes that reach it.
+ENGINE_SHAPES, DIRECT_SHAPES = 3, 2
 needs = lambda *wanted: pytest.mark.skipif(  # noqa: E731
     not set(wanted) <= set(releases()), reason=f"needs DeepSpeed {', '.join(wanted)} in GRADFIX_DS_RELEASES")
 
@@ -36,20 +40,49 @@ def test_default_configuration_shows_the_bug_and_the_fix(tmp_path):
     proc = verify(BUGGY, cwd=tmp_path)
     assert_bug_and_fix(proc)
     assert f"DeepSpeed {BUGGY}, ZeRO-2, offload_optimizer=cpu, GA 4" in proc.stdout
-    assert "ds-zero2-offload-ga: applied, corrected 6 accumulation micro-steps" in proc.stdout
+    assert f"ds-zero2-offload-ga: applied, corrected {6 * ENGINE_SHAPES} accumulation micro-steps" in proc.stdout
     assert "computes wrong gradients for this configuration; with gradfix they match" in proc.stdout
+    assert "loss.backward()" in proc.stdout and "not supported by this release and config" in proc.stdout
+
+
+@needs("0.19.2")
+def test_default_configuration_shows_the_output_hook_bug(tmp_path):
+    """0.19.2 (offload fixed, output hooks not): a model returning {loss, logits} is wrong
+    through engine.backward and through a direct backward; the plain loop is right."""
+    proc = verify("0.19.2", cwd=tmp_path)
+    assert_bug_and_fix(proc)
+    assert "model returns {loss, logits}, engine.backward(loss):" in proc.stdout  # the table shows it
+    wrong = run_line(proc.stdout, "wrong without gradfix:")
+    assert "model returns {loss, logits}, engine.backward(loss)" in wrong and "loss.backward()" in wrong
+    assert "model returns its prediction" not in wrong
+    assert "ds-output-hooks-engine-backward: applied, corrected" in proc.stdout
+    assert "ds-output-hooks-direct-backward: applied, corrected" in proc.stdout
+
+
+@needs("0.19.8")
+def test_newest_release_direct_backward(tmp_path):
+    """The newest release: engine.backward right, direct backwards wrong and corrected."""
+    proc = verify("0.19.8", "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    outcome = json.loads(proc.stdout)
+    assert not outcome["runs"]["without gradfix"]["correct"] and outcome["runs"]["with gradfix"]["correct"]
+    assert set(outcome["runs"]["without gradfix"]["wrong_calls"]) == {"model-output:direct", "shared:direct"}
+    assert outcome["runs"]["with gradfix"]["gradfix"]["ds-output-hooks-direct-backward"]["hits"] == \
+        DIRECT_SHAPES * 3 * 4  # 3 steps x GA 4
 
 
 @needs(FIRST_FIXED)
 def test_fixed_release_is_reported_correct(tmp_path):
-    proc = verify(FIRST_FIXED, "--json", cwd=tmp_path)
+    """0.19.0 fixed the offload bug; the plain loop (the model returns its prediction,
+    engine.backward) is right there. Its output hooks are not: other shapes, above."""
+    proc = verify(FIRST_FIXED, "--json", "--calls", "tensor:engine", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     outcome = json.loads(proc.stdout)
     assert outcome["runs"]["without gradfix"]["correct"] and outcome["runs"]["with gradfix"]["correct"]
     assert "gradfix changes nothing here" in outcome["verdict"]
     records = outcome["runs"]["with gradfix"]["gradfix"]
     # 0.19.0 fixed the offload and bf16 bugs; only patches of other bugs (the pipeline's, up
-    # to 0.19.2) apply there, and this non-pipeline run never reaches them.
+    # to 0.19.2, the output hooks') apply there, and this call shape never reaches them.
     applied = {patch for patch, record in records.items() if record["state"] == "applied"}
     assert applied == affected_patches(FIRST_FIXED) and "ds-zero2-offload-ga" not in applied
     assert all(records[patch]["hits"] == 0 for patch in applied)
@@ -69,7 +102,7 @@ def test_user_config_with_auto_values(tmp_path):
     assert outcome["precision"] == "bf16" and outcome["config"]["gradient_clipping"] == 1.0
     assert not outcome["runs"]["without gradfix"]["correct"]
     assert outcome["runs"]["with gradfix"]["correct"]
-    assert outcome["runs"]["with gradfix"]["gradfix"]["ds-zero2-offload-ga"]["hits"] == 6
+    assert outcome["runs"]["with gradfix"]["gradfix"]["ds-zero2-offload-ga"]["hits"] == 6 * ENGINE_SHAPES
 
 
 @needs(BUGGY)
@@ -77,7 +110,7 @@ def test_several_backwards_per_step(tmp_path):
     proc = verify(BUGGY, "--ga", "1", "--backwards", "4", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert run_line(proc.stdout, "without gradfix").endswith("WRONG")
-    assert "ds-zero2-offload-multi-backward: applied, corrected 12 backward passes" in proc.stdout
+    assert f"ds-zero2-offload-multi-backward: applied, corrected {12 * ENGINE_SHAPES} backward passes" in proc.stdout
 
 
 def cpu_accelerator_has_fp16(release):
@@ -111,7 +144,7 @@ def test_plain_zero2_config(tmp_path):
     proc = verify(BUGGY, "--ds-config", "zero2.json", cwd=tmp_path)
     assert_bug_and_fix(proc)
     assert "ZeRO-2, offload_optimizer=none, GA 4" in proc.stdout
-    assert "ds-zero2-epilogue-reset: applied, corrected 9 accumulation micro-steps" in proc.stdout
+    assert f"ds-zero2-epilogue-reset: applied, corrected {9 * ENGINE_SHAPES} accumulation micro-steps" in proc.stdout
 
 
 @needs("0.18.5")
@@ -126,7 +159,8 @@ def test_two_ranks_bf16_zero1_config(tmp_path):
     assert_bug_and_fix(proc)
     assert "ZeRO-1, offload_optimizer=none, GA 4, micro-batch 2, bf16, grad_accum_dtype fp32" in proc.stdout
     assert "2 data-parallel ranks" in proc.stdout
-    assert "ds-bf16-zero1-last-microbatch: applied, corrected 3 accumulation boundaries" in proc.stdout
+    shapes = ENGINE_SHAPES + DIRECT_SHAPES  # 0.18.5 takes direct backwards on ZeRO-1
+    assert f"ds-bf16-zero1-last-microbatch: applied, corrected {3 * shapes} accumulation boundaries" in proc.stdout
 
 
 @needs("0.18.3")

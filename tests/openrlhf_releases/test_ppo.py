@@ -27,12 +27,16 @@ from orlrun import FIRST_FIXED, matches_reference, ppo, relative_gaps, releases,
 
 PATCHES = {role: {True: f"openrlhf-ppo-{role}-microbatch-mean", False: f"openrlhf-ppo-{role}-microbatch-mean-dp"}
            for role in ("actor", "critic")}
-# DeepSpeed 0.18.3+ divides the gradient reaching every tensor a forward returns by GA, and
-# OpenRLHF's critic returns its backbone's output beside the values computed from it: the
-# backbone's gradient is divided by GA twice (0.10.4 too). Critic tests run on an earlier
-# DeepSpeed without ZeRO-2 accumulation bugs (0.17.6-0.18.2 have ds-zero2-epilogue-reset),
-# so that the reference sees only the OpenRLHF bug.
+# OpenRLHF's critic returns its backbone's output beside the values computed from it, and
+# DeepSpeed 0.18.3-0.19.5 divide the gradient reaching every returned tensor by GA: on those
+# releases the backbone gets 1/GA^2 (0.10.4 too) unless ds-output-hooks-engine-backward
+# corrects it. The critic tests run on each release's own DeepSpeed (0.18.9 for 0.9.10 and
+# 0.10.3), so that patch is part of what they prove; the first fixed OpenRLHF release they
+# are compared with runs with gradfix on too (it needs the DeepSpeed patch and nothing else).
+# CRITIC_DEEPSPEED: a release without the output hooks or ZeRO-2 accumulation bugs, for a
+# critic run that must already be right.
 CRITIC_DEEPSPEED = os.environ.get("GRADFIX_OPENRLHF_CRITIC_DEEPSPEED", "0.16.9")
+OUTPUT_HOOKS_PATCH = "ds-output-hooks-engine-backward"
 SAME_UPDATE = 1e-3  # bf16 rounding of a differently ordered normalisation; the bug is >= 10%
 
 
@@ -44,12 +48,13 @@ def affected(release):
     return version(release) < (0, 10, 4)
 
 
-def deepspeed_for(role, release):
-    return CRITIC_DEEPSPEED if role == "critic" else stacks()[release]
+def output_hooks_affect(deepspeed):
+    return (0, 18, 3) <= version(deepspeed) < (0, 19, 6)
 
 
 def check(release, role="actor", world=1, **options):
-    deepspeed = deepspeed_for(role, release)
+    deepspeed = stacks()[release]
+    critic_needs_deepspeed_patch = role == "critic" and output_hooks_affect(deepspeed)
     unpatched = ppo(release, False, deepspeed, world=world, role=role, **options)
     patched = ppo(release, True, deepspeed, world=world, role=role, **options)
     assert unpatched["gradfix"] is None  # GRADFIX=0: the start-up file did not even import gradfix
@@ -61,8 +66,10 @@ def check(release, role="actor", world=1, **options):
         record = patched["gradfix"][patch_id(role, release)]
         assert record["state"] == "applied" and record["hits"] == windows, record
         assert matches_reference(patched), (patched["grad_norms"], patched["reference"]["grad_norms"])
+        if critic_needs_deepspeed_patch:
+            assert patched["gradfix"][OUTPUT_HOOKS_PATCH]["hits"] > 0, patched["gradfix"][OUTPUT_HOOKS_PATCH]
         if FIRST_FIXED in stacks():
-            fixed = ppo(FIRST_FIXED, False, deepspeed, world=world, role=role, **options)
+            fixed = ppo(FIRST_FIXED, critic_needs_deepspeed_patch, deepspeed, world=world, role=role, **options)
             if version(release) >= (0, 10, 3):
                 assert patched["grad_norms"] == fixed["grad_norms"]
             else:
@@ -95,7 +102,8 @@ def test_ppo_actor_two_ranks(release):
 @pytest.mark.parametrize("release", [r for r in releases() if r in ("0.7.5", "0.9.10", "0.10.3")])
 def test_ppo_critic_window_token_mean(release):
     """Also runs 0.10.4's critic (the comparison), which no critic patch touches
-    (test_ppo_actor_window_token_mean checks every PPO patch is not needed there)."""
+    (test_ppo_actor_window_token_mean checks every PPO patch is not needed there). 0.9.10
+    and 0.10.3 run on DeepSpeed 0.18.9, whose output hooks the DeepSpeed patch corrects."""
     check(release, role="critic")
 
 
