@@ -263,9 +263,9 @@ def openrlhf(session):
     install_gradfix(session)
     install_deepspeed_releases(session, sorted({deepspeed for _, deepspeed, _ in OPENRLHF_RELEASES.values()}
                                                | {OPENRLHF_CRITIC_DEEPSPEED}))
-    for release, (transformers, _, extras) in OPENRLHF_RELEASES.items():
-        install_into_folder(session, CACHE / "openrlhf" / f"orl-{release}", f"openrlhf=={release}",
-                            f"transformers=={transformers}", *extras)
+    install_folders_concurrently(session, [(CACHE / "openrlhf" / f"orl-{release}",
+                                            [f"openrlhf=={release}", f"transformers=={transformers}", *extras])
+                                           for release, (transformers, _, extras) in OPENRLHF_RELEASES.items()])
     stacks = {release: deepspeed for release, (_, deepspeed, _) in OPENRLHF_RELEASES.items()}
     session.run("pytest", "-q", "-n", str(min(os.cpu_count() or 1, 2)), "tests/openrlhf_releases", SLOWEST,
                 *session.posargs, env={"GRADFIX_OPENRLHF_RELEASES": json.dumps(stacks), "GRADFIX_CACHE": str(CACHE),
@@ -322,14 +322,12 @@ def transformers(session):
                    *TRANSFORMERS_4_NEEDS, *DEEPSPEED_DEPENDENCIES)
     install_gradfix(session)
     install_deepspeed_releases(session, TRANSFORMERS_DEEPSPEED)
-    for release, stack in TRANSFORMERS_RELEASES.items():
-        install_into_folder(session, CACHE / "transformers" / f"tf-{release}", f"transformers=={release}", *stack,
-                            DATASETS_FOR_HUB_0)
-    for release, stack in TRL_RELEASES.items():
-        install_into_folder(session, CACHE / "trl" / f"trl-{release}", f"trl=={release}", *stack)
-    for release in TRL_CUSTOM_LOSS_RELEASES:
-        install_into_folder(session, CACHE / "trl" / f"trl-alone-{release}", f"trl=={release}")
-    install_into_folder(session, CACHE / "axolotl" / "axolotl-0.6.0", *AXOLOTL)
+    install_folders_concurrently(session, [
+        *[(CACHE / "transformers" / f"tf-{release}", [f"transformers=={release}", *stack, DATASETS_FOR_HUB_0])
+          for release, stack in TRANSFORMERS_RELEASES.items()],
+        *[(CACHE / "trl" / f"trl-{release}", [f"trl=={release}", *stack]) for release, stack in TRL_RELEASES.items()],
+        *[(CACHE / "trl" / f"trl-alone-{release}", [f"trl=={release}"]) for release in TRL_CUSTOM_LOSS_RELEASES],
+        (CACHE / "axolotl" / "axolotl-0.6.0", AXOLOTL)])
     newest = dict(pin.split("==") for pin in TRANSFORMERS_NEWEST)
     transformers_releases = {r: str(CACHE / "transformers" / f"tf-{r}") for r in TRANSFORMERS_RELEASES}
     trl_releases = {release: str(CACHE / "trl" / f"trl-{release}") for release in TRL_RELEASES}

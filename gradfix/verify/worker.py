@@ -119,14 +119,28 @@ def _distributed_environment(device):
 
 
 def run_deepspeed(config, args):
-    _distributed_environment(args.device)
+    deepspeed = start_deepspeed(args.device)
+    result = train_calls(deepspeed, config, args)
+    stop_deepspeed()
+    return result
+
+
+def start_deepspeed(device):
+    _distributed_environment(device)
     import deepspeed
 
-    deepspeed.init_distributed(dist_backend="gloo" if args.device == "cpu" else "nccl")
-    results = {call: train_deepspeed(deepspeed, config, args, call) for call in args.calls}
+    deepspeed.init_distributed(dist_backend="gloo" if device == "cpu" else "nccl")
+    return deepspeed
+
+
+def stop_deepspeed():
     if torch.distributed.is_initialized():  # a clean shutdown: gloo aborts at exit otherwise
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
+
+
+def train_calls(deepspeed, config, args):
+    results = {call: train_deepspeed(deepspeed, config, args, call) for call in args.calls}
     return dict(results[args.calls[0]], calls=results)
 
 
@@ -263,10 +277,45 @@ def gradfix_records():
             for s in gradfix.status()}
 
 
+def run_jobs(jobs, args):
+    """Several runs in this one process, one after the other (the release tests batch
+    them: a process start costs more than a run). Each job names its ``config`` and may
+    set ``backwards``, ``user_scaled_loss`` and ``calls``; each result's gradfix records
+    count the hits of that job alone."""
+    deepspeed = start_deepspeed(args.device) if args.mode == "deepspeed" else None
+    results = []
+    for job in jobs:
+        job_args = argparse.Namespace(**vars(args))
+        job_args.backwards = job.get("backwards", 1)
+        job_args.user_scaled_loss = job.get("user_scaled_loss", False)
+        job_args.calls = job.get("calls") or [DEFAULT_CALL]
+        before = gradfix_records()
+        if deepspeed is None:
+            calls = {call: run_reference(job["config"], job_args, call) for call in job_args.calls}
+            result = dict(calls[job_args.calls[0]], calls=calls)
+        else:
+            result = train_calls(deepspeed, job["config"], job_args)
+        result["gradfix"] = _hits_since(before, gradfix_records())
+        results.append(result)
+    if deepspeed is not None:
+        stop_deepspeed()
+    return results
+
+
+def _hits_since(before, after):
+    if after is None:
+        return None
+    return {patch_id: dict(record, hits=record["hits"] - (before or {}).get(patch_id, {}).get("hits", 0),
+                           evidence="(hits of this job only)")
+            for patch_id, record in after.items()}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mode", choices=("deepspeed", "reference"), required=True)
-    parser.add_argument("--config", required=True, help="DeepSpeed JSON with every value resolved")
+    parser.add_argument("--config", help="DeepSpeed JSON with every value resolved")
+    parser.add_argument("--jobs", help="a JSON list of runs for this one process (see run_jobs); prints "
+                        "RESULTS <json list>")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--backwards", type=int, default=1, help="backward() calls per optimizer step (GA 1)")
@@ -278,9 +327,16 @@ def main(argv=None):
     parser.add_argument("--user-scaled-loss", action="store_true",
                         help="divide the loss by GA here and call engine.backward(loss, scale_wrt_gas=False)")
     args = parser.parse_args(argv)
+    if bool(args.config) == bool(args.jobs):
+        parser.error("give either --config or --jobs")
+    torch.backends.cuda.matmul.allow_tf32 = False  # keep GPU runs comparable with the fp32 reference
+    if args.jobs:
+        with open(args.jobs) as handle:
+            results = run_jobs(json.load(handle), args)
+        print("RESULTS " + json.dumps(results), flush=True)
+        return
     with open(args.config) as handle:
         config = json.load(handle)
-    torch.backends.cuda.matmul.allow_tf32 = False  # keep GPU runs comparable with the fp32 reference
     if args.mode == "reference":
         calls = {call: run_reference(config, args, call) for call in args.calls}
         result = dict(calls[args.calls[0]], calls=calls)

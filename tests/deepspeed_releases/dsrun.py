@@ -8,6 +8,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pytest
 from helpers import clean_env, failure_output, free_port, run_job
 
 from gradfix.verify import compare, dsconfig, worker
@@ -51,8 +52,66 @@ def release_env(release, **extra):
     return env
 
 
-@functools.lru_cache(maxsize=None)
+# Batching: a DeepSpeed process start (torch, DeepSpeed, gradfix) costs several seconds, a
+# run on the tiny model well under one. A test module declares with plan() the single-process
+# runs its tests will ask for on each release; the first train() of a planned run trains all
+# of that release's planned runs not done yet in one worker process (one for the patched
+# runs, one for the unpatched, one for the references), and later calls read the results.
+_PLANNED = {}  # (release, patched) -> [job key, ...] in order
+_BATCHED = {}  # (release, patched, job key) -> result
+
+
+def job_key(config_items, backwards=1, user_scaled_loss=False, calls=None):
+    return config_items, backwards, user_scaled_loss, tuple(calls) if calls else None
+
+
+def plan(releases, *jobs):
+    """Declare ``jobs`` (job_key tuples) as run on each of ``releases``, with and without
+    gradfix, and their plain PyTorch references."""
+    for key in [(release, patched) for release in releases for patched in (False, True)] + [(None, False)]:
+        planned = _PLANNED.setdefault(key, [])
+        planned += [job for job in jobs if job not in planned]
+
+
+def xdist_group(release):
+    """Keep a release's tests on one xdist worker, so its batch is trained once."""
+    return pytest.param(release, marks=pytest.mark.xdist_group(f"deepspeed-{release}"))
+
+
+def _train_batch(release, patched):
+    """Train every planned job of (release, patched) not trained yet, in one process."""
+    jobs = [job for job in _PLANNED[(release, patched)] if (release, patched, job) not in _BATCHED]
+    payload = [{"config": dsconfig.default_config(**dict(items)), "backwards": backwards,
+                "user_scaled_loss": user_scaled, "calls": list(calls) if calls else None}
+               for items, backwards, user_scaled, calls in jobs]
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
+        json.dump(payload, handle)
+    argv = [sys.executable, WORKER, "--jobs", handle.name, "--mode", "reference" if release is None else "deepspeed"]
+    try:
+        proc = run_job(argv, env=release_env(release, GRADFIX="1" if patched else "0"), timeout=900,
+                       cwd=tempfile.gettempdir())
+    finally:
+        os.unlink(handle.name)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULTS ")]
+    assert proc.returncode == 0 and lines, f"{argv} failed: {failure_output(proc)}"
+    for job, result in zip(jobs, json.loads(lines[0][len("RESULTS "):])):
+        _BATCHED[(release, patched, job)] = result
+
+
 def train(release, patched, config_items, backwards=1, world=1, user_scaled_loss=False, stages=0, calls=None):
+    """One worker run, from a planned batch where the run was planned (see plan()); ``release``
+    None is the plain PyTorch reference. Arguments as _train_one."""
+    job = job_key(config_items, backwards, user_scaled_loss, calls)
+    if world == 1 and not stages and job in _PLANNED.get((release, patched), ()):
+        if (release, patched, job) not in _BATCHED:
+            _train_batch(release, patched)
+        return _BATCHED[(release, patched, job)]
+    return _train_one(release, patched, config_items, backwards, world, user_scaled_loss, stages,
+                      tuple(calls) if calls else None)
+
+
+@functools.lru_cache(maxsize=None)
+def _train_one(release, patched, config_items, backwards=1, world=1, user_scaled_loss=False, stages=0, calls=None):
     """One worker run; ``release`` None is the plain PyTorch reference. ``config_items``
     is ``tuple(sorted(default_config options))``, hashable for the cache.
     ``user_scaled_loss``: the training loop divides the loss by GA itself and calls

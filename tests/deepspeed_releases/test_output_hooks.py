@@ -12,7 +12,7 @@ reference (fp32: 1e-6) and, for engine.backward, the first fixed release 0.19.6.
 
 import pytest
 
-from dsrun import config, releases, same_gradients, train, update_error, version
+from dsrun import config, job_key, plan, releases, same_gradients, train, update_error, version, xdist_group
 
 ENGINE_PATCH, DIRECT_PATCH = "ds-output-hooks-engine-backward", "ds-output-hooks-direct-backward"
 FIRST_FIXED = "0.19.6"
@@ -77,42 +77,59 @@ def check(release, stage, options, precision="fp32", world=1, other_bug=False):
 # (ds-scale-wrt-gas-ignored applies too). 0.19.2: the flag-checked hook. 0.19.5: the
 # last affected release (the functorch-aware hook). 0.19.6: first fixed engine.backward.
 # 0.19.8: the newest; direct backwards still wrong.
-MATRIX = [r for r in releases() if r in ("0.16.9", "0.18.3", "0.19.2", "0.19.5", "0.19.6", "0.19.8")]
+MATRIX = ("0.16.9", "0.18.3", "0.19.2", "0.19.5", "0.19.6", "0.19.8")
+ZERO2_GA4 = config(stage=2, offload="none", ga=4)
+ZERO1_GA3 = config(stage=1, offload="none", ga=3)
+ZERO0_GA2 = config(stage=0, offload="none", ga=2)
+ZERO3_GA3 = config(stage=3, offload="none", ga=3)
+BF16_ZERO1_GA4 = config(stage=1, offload="none", ga=4, precision="bf16")
+OFFLOAD_GA4 = config(stage=2, offload="cpu", ga=4)
+NEWEST_AND_MIDDLE = ("0.19.2", "0.19.8")
 
 
-@pytest.mark.parametrize("release", MATRIX)
+def matrix(wanted):
+    return [xdist_group(r) for r in releases() if r in wanted]
+
+
+@pytest.mark.parametrize("release", matrix(MATRIX))
 def test_zero2_ga4(release):
-    check(release, 2, config(stage=2, offload="none", ga=4))
+    check(release, 2, ZERO2_GA4)
 
 
-@pytest.mark.parametrize("release", [r for r in releases() if r in ("0.19.2", "0.19.8")])
+@pytest.mark.parametrize("release", matrix(NEWEST_AND_MIDDLE))
 def test_zero1_ga3(release):
-    check(release, 1, config(stage=1, offload="none", ga=3))
+    check(release, 1, ZERO1_GA3)
 
 
-@pytest.mark.parametrize("release", [r for r in releases() if r == "0.19.5"])
+@pytest.mark.parametrize("release", matrix(("0.19.5",)))
 def test_zero0_ga2(release):
     """ZeRO-0 refuses direct backwards; engine.backward is mis-scaled and corrected."""
-    check(release, 0, config(stage=0, offload="none", ga=2))
+    check(release, 0, ZERO0_GA2)
 
 
-@pytest.mark.parametrize("release", [r for r in releases() if r in ("0.19.2", "0.19.8")])
+@pytest.mark.parametrize("release", matrix(NEWEST_AND_MIDDLE))
 def test_zero3_ga3(release):
     """ZeRO-3 returns its own copies of the outputs: only the shared loss is mis-scaled."""
-    check(release, 3, config(stage=3, offload="none", ga=3))
+    check(release, 3, ZERO3_GA3)
 
 
-@pytest.mark.parametrize("release", [r for r in releases() if r == "0.19.2"])
+@pytest.mark.parametrize("release", matrix(("0.19.2",)))
 def test_bf16_zero1_ga4(release):
-    check(release, 1, config(stage=1, offload="none", ga=4, precision="bf16"), precision="bf16")
+    check(release, 1, BF16_ZERO1_GA4, precision="bf16")
 
 
-@pytest.mark.parametrize("release", [r for r in releases() if r == "0.18.6"])
+@pytest.mark.parametrize("release", matrix(("0.18.6",)))
 def test_zero2_offload_ga4(release):
     """With ds-zero2-offload-ga on the same release: both corrections together."""
-    check(release, 2, config(stage=2, offload="cpu", ga=4), other_bug=True)
+    check(release, 2, OFFLOAD_GA4, other_bug=True)
 
 
 @pytest.mark.parametrize("release", [r for r in releases() if r == "0.19.2"])
 def test_two_ranks_zero2_ga2(release):
     check(release, 2, config(stage=2, offload="none", ga=2), world=2)
+
+
+# Each test's single-process runs, with the first fixed release's, batched per release.
+for options, wanted in ((ZERO2_GA4, MATRIX), (ZERO1_GA3, NEWEST_AND_MIDDLE), (ZERO0_GA2, ("0.19.5",)),
+                        (ZERO3_GA3, NEWEST_AND_MIDDLE), (BF16_ZERO1_GA4, ("0.19.2",)), (OFFLOAD_GA4, ("0.18.6",))):
+    plan([*wanted, FIRST_FIXED], job_key(options, calls=SHAPES))
