@@ -291,7 +291,7 @@ DATASETS_FOR_HUB_0 = "datasets==4.3.0"
 TRANSFORMERS_NEWEST = ["transformers==5.24.0", "accelerate==1.15.0", "trl==1.16.0"]
 # DeepSpeed for the Trainer's DeepSpeed path: 0.16.4 has none of the DeepSpeed bugs in those
 # configurations; 0.18.2 has ds-zero2-offload-ga (TRL SFT + ZeRO-2 offload end to end).
-TRANSFORMERS_DEEPSPEED = ["0.16.4", "0.18.2"]
+TRANSFORMERS_DEEPSPEED = ["0.16.4", "0.18.2", "0.19.2"]  # 0.19.2: the output hooks (ds-output-hooks-*)
 TRANSFORMERS_4_NEEDS = ["requests", "httpx"]  # huggingface-hub < 1.0 and datasets 4 import them
 # TRL release -> what its folder also needs. GRPO: 0.22.2 (oldest affected by both GRPO
 # patches; it needs transformers 4), 1.8.0, 1.9.0 (window bug only), 1.9.1 (first fixed)

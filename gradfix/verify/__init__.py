@@ -160,11 +160,14 @@ class Outcome:
     def _compare_calls(self):
         """call -> {label: Comparison}, or None where the release cannot run that call."""
         calls = self.results["reference"].get("calls") or {}
-        compared = {}
+        compared, self.not_run = {}, {}
         for call in calls:
             runs = {label: self.results[label]["calls"][call] for label in ("without gradfix", "with gradfix")}
-            if any("skipped" in run for run in runs.values()):
+            unrun = [run.get("skipped") or f"DeepSpeed failed: {run['failed']}" for run in runs.values()
+                     if "skipped" in run or "failed" in run]
+            if unrun:
                 compared[call] = None
+                self.not_run[call] = unrun[0]
                 continue
             compared[call] = {label: compare.Comparison(run, calls[call], self.precision) for label, run in runs.items()}
         if compared:
@@ -201,7 +204,8 @@ class Outcome:
                 "runs": {label: dict(self._shown_comparison(label), gradfix=self.results[label].get("gradfix"),
                                      correct=self.combined[label].correct, wrong_calls=self.wrong_calls(label))
                          for label in ("without gradfix", "with gradfix")},
-                "calls": {call: (None if runs is None else {label: c.to_dict() for label, c in runs.items()})
+                "calls": {call: ({"not_run": self.not_run[call]} if runs is None
+                                 else {label: c.to_dict() for label, c in runs.items()})
                           for call, runs in self.by_call.items() if call is not None}}
 
     def write(self, out):
@@ -250,7 +254,7 @@ class Outcome:
         say(f"  {'call shape (largest update error)':<62}{'without gradfix':<20}with gradfix")
         for call, runs in self.by_call.items():
             if runs is None:
-                say(f"  {call_shapes.words(call):<62}{'not supported by this release and config'}")
+                say(f"  {call_shapes.words(call):<62}{self.not_run[call]}")
                 continue
             cells = [("matches" if c.correct else "WRONG") + f" ({compare.percent_text([max(c.update_errors)])})"
                      for c in (runs["without gradfix"], runs["with gradfix"])]

@@ -8,6 +8,9 @@ OUTPUTS = {
     "model-output": "model returns {loss, logits}",  # a transformers ModelOutput called with labels
     "tuple": "model returns (loss, logits, hidden)",
     "shared": "loss adds a forward of engine.module",  # a shared loss
+    "two-forwards": "loss adds a second forward of the engine",
+    "aux": "model returns {loss (with an aux loss), aux_loss, logits}",  # a MoE model's router loss
+    "checkpoint": "model checkpoints its activations",  # torch.utils.checkpoint, non-reentrant
 }
 BACKWARDS = {
     "engine": "engine.backward(loss)",

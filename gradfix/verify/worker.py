@@ -43,6 +43,20 @@ def micro_batch(step, micro, rank, size):
     return torch.randn(size, IN, generator=generator), torch.randn(size, OUT, generator=generator)
 
 
+AUX_WEIGHT = 0.1  # of the auxiliary loss a model adds to its loss (a MoE router's, say)
+
+
+def model_loss(net, x, y, aux=False):
+    """The tiny model's loss, with its hidden activation and prediction: what
+    ReturnsOutputs computes inside the model and the reference computes plainly."""
+    hidden = net[1](net[0](x))
+    logits = net[2](hidden)
+    loss = torch.nn.functional.mse_loss(logits, y)
+    if aux:
+        loss = loss + AUX_WEIGHT * hidden.pow(2).mean()
+    return loss, logits, hidden
+
+
 class ReturnsOutputs(torch.nn.Module):
     """The tiny model computing its own loss and returning it with other tensors on
     its graph, the way a transformers model called with ``labels`` does."""
@@ -52,12 +66,26 @@ class ReturnsOutputs(torch.nn.Module):
         self.net, self.output = net, output
 
     def forward(self, x, y):
-        hidden = self.net[1](self.net[0](x))
-        logits = self.net[2](hidden)
-        loss = torch.nn.functional.mse_loss(logits, y)
+        loss, logits, hidden = model_loss(self.net, x, y, aux=self.output == "aux")
         if self.output == "model-output":
             return {"loss": loss, "logits": logits}
+        if self.output == "aux":  # the loss includes the auxiliary loss, returned beside it
+            return {"loss": loss, "aux_loss": AUX_WEIGHT * hidden.pow(2).mean(), "logits": logits}
         return loss, logits, hidden
+
+
+class Checkpointed(torch.nn.Module):
+    """The tiny model with its first layers under activation checkpointing."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        from torch.utils.checkpoint import checkpoint
+
+        hidden = checkpoint(lambda t: self.net[1](self.net[0](t)), x, use_reentrant=False)
+        return self.net[2](hidden)
 
 
 def shared_batch(step, micro, rank, size):
@@ -76,9 +104,9 @@ def window(config, backwards):
 
 
 def run_reference(config, args, call=DEFAULT_CALL):
-    """Plain PyTorch, fp32. Every call shape has the same maths except the shared
-    loss, which adds the second forward's loss."""
-    shared = call.partition(":")[0] == "shared"
+    """Plain PyTorch, fp32. Every call shape has the same maths except those whose loss
+    adds a second forward (shared, two-forwards) or an auxiliary loss (aux)."""
+    output = call.partition(":")[0]
     size, per_step, ga = window(config, args.backwards)
     clip = float(config.get("gradient_clipping", 0.0) or 0.0)
     net = build_model()
@@ -89,10 +117,9 @@ def run_reference(config, args, call=DEFAULT_CALL):
         for rank in range(args.world):
             for micro in range(per_step):
                 x, y = micro_batch(step, micro, rank, size)
-                loss = torch.nn.functional.mse_loss(net(x), y)
-                if shared:
-                    x2, y2 = shared_batch(step, micro, rank, size)
-                    loss = loss + torch.nn.functional.mse_loss(net(x2), y2)
+                loss = model_loss(net, x, y, aux=output == "aux")[0]
+                if output in ("shared", "two-forwards"):
+                    loss = loss + model_loss(net, *shared_batch(step, micro, rank, size))[0]
                 (loss / (ga * args.world)).backward()  # DeepSpeed: 1/GA per micro-batch, mean over ranks
         norms.append(torch.cat([p.grad.reshape(-1) for p in net.parameters()]).norm().item())
         if clip > 0:
@@ -140,8 +167,17 @@ def stop_deepspeed():
 
 
 def train_calls(deepspeed, config, args):
-    results = {call: train_deepspeed(deepspeed, config, args, call) for call in args.calls}
+    results = {call: _train_or_report(deepspeed, config, args, call) for call in args.calls}
     return dict(results[args.calls[0]], calls=results)
+
+
+def _train_or_report(deepspeed, config, args, call):
+    """A call shape that DeepSpeed fails on (loudly) is reported as failed; the other
+    shapes still run, each on an engine of its own."""
+    try:
+        return train_deepspeed(deepspeed, config, args, call)
+    except Exception as exc:  # noqa: BLE001 - reported to the caller, who decides
+        return {"failed": f"{type(exc).__name__}: {exc}"[:300], "deepspeed": deepspeed.__version__}
 
 
 def direct_backward_unsupported(engine):
@@ -154,14 +190,22 @@ def direct_backward_unsupported(engine):
 
 
 def micro_batch_loss(engine, output, batch, second_batch):
-    x, y = batch
-    if output == "tensor":
-        return torch.nn.functional.mse_loss(engine(x), y)
+    (x, y), (x2, y2) = batch, second_batch
+    mse = torch.nn.functional.mse_loss
+    if output in ("tensor", "checkpoint"):
+        return mse(engine(x), y)
     if output == "shared":
-        x2, y2 = second_batch
-        return torch.nn.functional.mse_loss(engine(x), y) + torch.nn.functional.mse_loss(engine.module(x2), y2)
+        return mse(engine(x), y) + mse(engine.module(x2), y2)
+    if output == "two-forwards":
+        return mse(engine(x), y) + mse(engine(x2), y2)
     outputs = engine(x, y)
-    return outputs["loss"] if output == "model-output" else outputs[0]
+    return outputs["loss"] if output in ("model-output", "aux") else outputs[0]
+
+
+def model_for(net, output):
+    if output in ("tensor", "shared", "two-forwards"):
+        return net
+    return Checkpointed(net) if output == "checkpoint" else ReturnsOutputs(net, output)
 
 
 def train_deepspeed(deepspeed, config, args, call):
@@ -171,7 +215,7 @@ def train_deepspeed(deepspeed, config, args, call):
     size, per_step, _ = window(config, args.backwards)
     net = build_model()
     initial = flat(net)
-    model = net if output in ("tensor", "shared") else ReturnsOutputs(net, output)
+    model = model_for(net, output)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=LR),
                                            config=config)
     if backward == "direct" and direct_backward_unsupported(engine):

@@ -57,6 +57,27 @@ def test_fixed_release_is_left_untouched(release, model):
     assert patched["gradfix"][PATCH]["state"] == "not_needed"
 
 
+# DeepSpeed 0.18.3-0.19.5 divide the gradient by GA once per tensor the model returns, and a
+# Trainer's model returns the loss and the logits it was computed from (1/GA^2 through
+# engine.backward). 4.49+ call engine.backward(loss, scale_wrt_gas=False), which turns the
+# hooks off on 0.18.4+; before 4.49 both bugs meet.
+HOOKS_DEEPSPEED = "0.19.2"
+
+
+@pytest.mark.parametrize("release", in_matrix("4.46.2", "4.51.3"))
+def test_model_output_on_deepspeed_with_output_hooks(release):
+    unpatched = train(release, False, *ONE_RANK, ranks=1, deepspeed=HOOKS_DEEPSPEED)
+    patched = train(release, True, *ONE_RANK, ranks=1, deepspeed=HOOKS_DEEPSPEED)
+    assert patched["update_error"] < MATCH, patched
+    if release == "4.46.2":
+        assert unpatched["update_error"] > BUG, unpatched
+        assert patched["gradfix"]["ds-output-hooks-engine-backward"]["state"] == "applied"
+        assert patched["gradfix"][PATCH]["state"] == "applied"
+    else:  # scale_wrt_gas=False: the hooks stay out; gradfix's engine.backward patch changes nothing
+        assert unpatched["update_error"] < MATCH, unpatched
+        assert patched["update_error"] == unpatched["update_error"]
+
+
 @pytest.mark.parametrize("release", in_matrix("4.48.3"))
 def test_two_ranks_zero2(release):
     """Both transformers bugs at once (ranks weighted equally, GA divided twice): ZeRO-2 on two ranks."""
