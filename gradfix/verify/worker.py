@@ -27,7 +27,21 @@ import sys
 
 import torch
 
-from gradfix.verify.calls import DEFAULT_CALL, parse_calls
+
+def _load_calls():
+    """gradfix/verify/calls.py, loaded by its path: importing it as gradfix.verify.calls
+    would import (and so activate) gradfix in a run that must be without it."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "calls.py")
+    spec = importlib.util.spec_from_file_location("_gradfix_verify_calls", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_CALLS = _load_calls()
+DEFAULT_CALL, parse_calls = _CALLS.DEFAULT_CALL, _CALLS.parse_calls
 
 IN, HIDDEN, OUT, LR = 8, 16, 4, 0.1
 

@@ -82,8 +82,9 @@ def check(release, role="actor", world=1, **options):
 
 
 # Oldest (0.7.x flags and Experience), the paper's (0.8.x-0.9.x code), newest of the
-# micro-batch-mean code, 0.10.3's normalisers, first fixed, newest.
-ACTOR_RELEASES = ("0.7.5", "0.9.10", "0.10.2", "0.10.3", "0.10.4", "0.11.2")
+# micro-batch-mean code, 0.10.3's normalisers, first fixed. The newest release (0.11.2) runs
+# the dynamic batching tests.
+ACTOR_RELEASES = ("0.7.5", "0.9.10", "0.10.2", "0.10.3", "0.10.4")
 
 
 @pytest.mark.parametrize("release", [r for r in releases() if r in ACTOR_RELEASES])
