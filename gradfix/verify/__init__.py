@@ -24,6 +24,13 @@ import time
 from . import calls as call_shapes, compare, dsconfig
 
 OK, WRONG, CANNOT_RUN = 0, 1, 2
+RUNS = (  # label, worker mode, GRADFIX value
+    ("reference", "reference", "0"),
+    ("without gradfix", "deepspeed", "0"),
+    ("with gradfix", "deepspeed", "1"),
+)
+
+
 class RunFailed(Exception):
     pass
 

@@ -61,14 +61,14 @@ AUX_WEIGHT = 0.1  # of the auxiliary loss a model adds to its loss (a MoE router
 
 
 def model_loss(net, x, y, aux=False):
-    """The tiny model's loss, with its hidden activation and prediction: what
-    ReturnsOutputs computes inside the model and the reference computes plainly."""
+    """The tiny model's loss, prediction, hidden activation and auxiliary loss (None
+    without ``aux``): what ReturnsOutputs computes inside the model and the reference
+    computes plainly."""
     hidden = net[1](net[0](x))
     logits = net[2](hidden)
     loss = torch.nn.functional.mse_loss(logits, y)
-    if aux:
-        loss = loss + AUX_WEIGHT * hidden.pow(2).mean()
-    return loss, logits, hidden
+    aux_loss = AUX_WEIGHT * hidden.pow(2).mean() if aux else None
+    return (loss if aux_loss is None else loss + aux_loss), logits, hidden, aux_loss
 
 
 class ReturnsOutputs(torch.nn.Module):
@@ -80,11 +80,11 @@ class ReturnsOutputs(torch.nn.Module):
         self.net, self.output = net, output
 
     def forward(self, x, y):
-        loss, logits, hidden = model_loss(self.net, x, y, aux=self.output == "aux")
+        loss, logits, hidden, aux_loss = model_loss(self.net, x, y, aux=self.output == "aux")
         if self.output == "model-output":
             return {"loss": loss, "logits": logits}
         if self.output == "aux":  # the loss includes the auxiliary loss, returned beside it
-            return {"loss": loss, "aux_loss": AUX_WEIGHT * hidden.pow(2).mean(), "logits": logits}
+            return {"loss": loss, "aux_loss": aux_loss, "logits": logits}
         return loss, logits, hidden
 
 
