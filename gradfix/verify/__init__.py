@@ -157,9 +157,9 @@ class Outcome:
         self.combined = {label: compare.Combined([c[label] for c in self.by_call.values() if c])
                          for label in ("without gradfix", "with gradfix")}
         if not self.combined["with gradfix"].comparisons:
-            self.code, self.verdict = CANNOT_RUN, (f"DeepSpeed {self.version} cannot run any of the call shapes "
-                                                   "asked for with this configuration (see the table); choose "
-                                                   "others with --calls.")
+            reason = next(iter(self.not_run.values()), "")
+            self.code, self.verdict = CANNOT_RUN, (f"DeepSpeed {self.version} ran none of the call shapes asked "
+                                                   f"for with this configuration: {reason}{_hint(reason)}")
         else:
             self.code, self.verdict = _verdict(self.combined["without gradfix"], self.combined["with gradfix"],
                                                self.version)
@@ -168,6 +168,8 @@ class Outcome:
         """call -> {label: Comparison}, or None where the release cannot run that call."""
         calls = self.results["reference"].get("calls") or {}
         compared, self.not_run = {}, {}
+        if any("calls" not in self.results[label] for label in ("without gradfix", "with gradfix")):
+            calls = {}  # a pipeline trains through train_batch() only: no call shapes
         for call in calls:
             runs = {label: self.results[label]["calls"][call] for label in ("without gradfix", "with gradfix")}
             unrun = [run.get("skipped") or f"DeepSpeed failed: {run['failed']}" for run in runs.values()
@@ -228,11 +230,6 @@ class Outcome:
             say(f"  config: {change}")
         say()
         shown = self.shown_call()
-        if shown is None and self.code == CANNOT_RUN:
-            self._write_calls(say)
-            say()
-            say(f"Verdict: {self.verdict}")
-            return
         results = {label: self._call_result(label, shown) for label in self.results}
         if shown is not None:
             say(f"  {call_shapes.words(shown)}:")
@@ -315,6 +312,9 @@ def main(options, out=sys.stdout, err=sys.stderr):
         outcome = Outcome(config, changes, run_all(config, options))
     except RunFailed as exc:
         print(f"gradfix verify: {exc}", file=err)
+        return CANNOT_RUN
+    if outcome.code == CANNOT_RUN:
+        print(f"gradfix verify: {outcome.verdict}", file=err)
         return CANNOT_RUN
     if options.json:
         print(json.dumps(outcome.to_dict(), indent=2), file=out)

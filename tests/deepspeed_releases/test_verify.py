@@ -85,7 +85,10 @@ def test_fixed_release_is_reported_correct(tmp_path):
     # to 0.19.2, the output hooks') apply there, and this call shape never reaches them.
     applied = {patch for patch, record in records.items() if record["state"] == "applied"}
     assert applied == affected_patches(FIRST_FIXED) and "ds-zero2-offload-ga" not in applied
-    assert all(records[patch]["hits"] == 0 for patch in applied)
+    # ds-output-hooks-engine-backward takes over the 1/GA of every engine.backward() (and counts
+    # it), as 0.19.6 does; with one returned tensor that changes no number (the update matches).
+    assert records["ds-output-hooks-engine-backward"]["hits"] == 3 * 4
+    assert all(records[patch]["hits"] == 0 for patch in applied - {"ds-output-hooks-engine-backward"})
     assert {record["state"] for patch, record in records.items() if patch not in applied} == {"not_needed"}
 
 
