@@ -11,6 +11,7 @@ OUTPUTS = {
     "two-forwards": "loss adds a second forward of the engine",
     "aux": "model returns {loss (with an aux loss), aux_loss, logits}",  # a MoE model's router loss
     "checkpoint": "model checkpoints its activations",  # torch.utils.checkpoint, non-reentrant
+    "eval-forward": "an evaluation forward (no_grad) runs before the backward",
 }
 BACKWARDS = {
     "engine": "engine.backward(loss)",

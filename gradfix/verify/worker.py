@@ -212,12 +212,17 @@ def micro_batch_loss(engine, output, batch, second_batch):
         return mse(engine(x), y) + mse(engine.module(x2), y2)
     if output == "two-forwards":
         return mse(engine(x), y) + mse(engine(x2), y2)
+    if output == "eval-forward":  # an evaluation forward between a forward and its backward
+        loss = mse(engine(x), y)
+        with torch.no_grad():
+            engine(x2)
+        return loss
     outputs = engine(x, y)
     return outputs["loss"] if output in ("model-output", "aux") else outputs[0]
 
 
 def model_for(net, output):
-    if output in ("tensor", "shared", "two-forwards"):
+    if output in ("tensor", "shared", "two-forwards", "eval-forward"):
         return net
     return Checkpointed(net) if output == "checkpoint" else ReturnsOutputs(net, output)
 
