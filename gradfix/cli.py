@@ -181,10 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="where DeepSpeed runs (default: cuda when available, else cpu)")
     p.add_argument("--calls", metavar="SHAPES", type=_call_shapes, default=None,
-                   help="call shapes OUTPUT:BACKWARD, comma-separated (default: all eight): OUTPUT tensor (the "
-                        "model returns its prediction), model-output ({loss, logits}), tuple ((loss, logits, "
-                        "hidden)), shared (the loss adds a forward of engine.module); BACKWARD engine "
-                        "(engine.backward(loss)) or direct (loss.backward())")
+                   help="call shapes OUTPUT:BACKWARD, comma-separated, or all (default: tensor:engine, "
+                        "model-output:engine, shared:engine, model-output:direct, shared:direct): OUTPUT tensor "
+                        "(the model returns its prediction), model-output ({loss, logits}), tuple ((loss, "
+                        "logits, hidden)), shared (the loss adds a forward of engine.module), two-forwards, aux "
+                        "(a loss with an auxiliary loss returned beside it), checkpoint, eval-forward; BACKWARD "
+                        "engine (engine.backward(loss)) or direct (loss.backward())")
     p.add_argument("--timeout", type=float, default=600, help="seconds per run before giving up (default 600)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_verify)
