@@ -98,6 +98,28 @@ def probe_gradient(module, cls, through_engine_backward: bool, hook=None) -> flo
     return weight.grad.item()
 
 
+def probe(module, through_engine_backward, subject, before_hooks):
+    """The code gate of both patches: ``subject`` names the backward probed in the
+    verdicts ("engine.backward()", "a direct backward"); ``before_hooks`` says what the
+    code before 0.18.3 does instead (it has no output hooks: fixed)."""
+    from gradfix import gates
+
+    missing = hooks_missing(module)
+    if missing == "no output hooks":
+        return gates.fixed(f"no output hooks: {before_hooks} (the code before 0.18.3)")
+    if missing:
+        return gates.unknown(missing)
+    try:
+        gradient = probe_gradient(module, engine_class(module), through_engine_backward)
+    except Exception as exc:
+        return gates.unknown(f"{subject} failed on the probe: {type(exc).__name__}: {exc}")
+    if gradient == ONCE:
+        return gates.fixed(f"{subject} divides a (loss, logits) output by GA once")
+    if gradient == TWICE:
+        return gates.buggy(f"{subject} divides a (loss, logits) output by GA twice")
+    return gates.unknown(f"{subject} left {gradient} on the probe (expected {ONCE} or {TWICE})")
+
+
 def upstream(function):
     """``function`` without the wrappers of other gradfix patches (the conflict check
     has refused any other wrapper before a probe runs)."""

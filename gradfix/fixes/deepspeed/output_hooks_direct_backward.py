@@ -22,10 +22,8 @@ instead of at the loss). Pipeline engines and engines without a ZeRO optimizer
 
 import weakref
 
-from gradfix import gates
-
 from . import _output_hooks
-from ._output_hooks import ENGINE, ENGINE_BACKWARDS, HOOK, ONCE, TWICE
+from ._output_hooks import ENGINE, ENGINE_BACKWARDS, HOOK
 
 TARGET = "deepspeed.runtime.engine"
 REPLACES = (f"{ENGINE}.forward", f"{ENGINE}.backward", f"{ENGINE}.{HOOK}")
@@ -34,21 +32,8 @@ UNREACHED = "no direct loss.backward() ran on a ZeRO engine with gradient_accumu
 
 
 def probe(module):
-    missing = _output_hooks.hooks_missing(module)
-    if missing == "no output hooks":
-        return gates.fixed("no output hooks: direct loss.backward() is not supported (before 0.18.3)")
-    if missing:
-        return gates.unknown(missing)
-    try:
-        gradient = _output_hooks.probe_gradient(module, _output_hooks.engine_class(module),
-                                                through_engine_backward=False)
-    except Exception as exc:
-        return gates.unknown(f"the output hook failed on the probe: {type(exc).__name__}: {exc}")
-    if gradient == ONCE:
-        return gates.fixed("a direct backward of a (loss, logits) output is divided by GA once")
-    if gradient == TWICE:
-        return gates.buggy("a direct backward of a (loss, logits) output is divided by GA twice")
-    return gates.unknown(f"a direct backward left {gradient} on the probe (expected {ONCE} or {TWICE})")
+    return _output_hooks.probe(module, through_engine_backward=False, subject="a direct backward",
+                               before_hooks="direct loss.backward() is not supported")
 
 
 def _takes_direct_backward(engine) -> bool:

@@ -17,10 +17,8 @@ the output hooks pass gradients through while that backward runs. It returns wha
 ``scale_wrt_gas=False``). Pipeline engines are left alone (ds-pipeline-ga-scale).
 """
 
-from gradfix import gates
-
 from . import _output_hooks
-from ._output_hooks import ENGINE, ENGINE_BACKWARDS, HOOK, ONCE, TWICE
+from ._output_hooks import ENGINE, ENGINE_BACKWARDS, HOOK
 
 TARGET = "deepspeed.runtime.engine"
 REPLACES = (f"{ENGINE}.backward", f"{ENGINE}.{HOOK}")
@@ -29,20 +27,8 @@ UNREACHED = "no engine.backward() ran with gradient_accumulation_steps > 1 outsi
 
 
 def probe(module):
-    missing = _output_hooks.hooks_missing(module)
-    if missing == "no output hooks":
-        return gates.fixed("no output hooks: backward() divides the loss itself (the code before 0.18.3)")
-    if missing:
-        return gates.unknown(missing)
-    try:
-        gradient = _output_hooks.probe_gradient(module, _output_hooks.engine_class(module), through_engine_backward=True)
-    except Exception as exc:
-        return gates.unknown(f"engine.backward() failed on the probe: {type(exc).__name__}: {exc}")
-    if gradient == ONCE:
-        return gates.fixed("engine.backward() divides a (loss, logits) output by GA once (0.19.6 and later)")
-    if gradient == TWICE:
-        return gates.buggy("engine.backward() divides a (loss, logits) output by GA twice")
-    return gates.unknown(f"engine.backward() left {gradient} on the probe (expected {ONCE} or {TWICE})")
+    return _output_hooks.probe(module, through_engine_backward=True, subject="engine.backward()",
+                               before_hooks="backward() divides the loss itself")
 
 
 def apply(module, patcher):
