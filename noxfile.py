@@ -33,14 +33,27 @@ CI_BUDGET_SECONDS = {"tests": 150, "tests_wrapt1": 60, "tests_oldest_python": 90
                      "openrlhf": 12 * 60, "transformers": 7 * 60, "llamafactory": 5 * 60}
 
 
+# The test tier (README, "Test tiers and CI time"): "ci" (the default run) proves every patch on
+# one release per code variant; "full" (the periodic `full_matrix` session) runs the framework
+# sessions on the whole release matrix and records the outcome in FULL_MATRIX_RECORD.
+TIERS = ("ci", "full")
+TIER = os.environ.get("GRADFIX_TEST_TIER") or "ci"
+if TIER not in TIERS:
+    raise SystemExit(f"GRADFIX_TEST_TIER={TIER!r}: use one of {', '.join(TIERS)}")
+FULL = TIER == "full"
+
+
 def budgeted(function):
     """Time a default session; warn when it exceeds its CI_BUDGET_SECONDS share, and add a
-    line to the file named by GRADFIX_CI_TIMES (set by .ci/run) for its summary."""
+    line to the file named by GRADFIX_CI_TIMES (set by .ci/run) for its summary. The full
+    tier is not CI: it is timed by its record (FULL_MATRIX_RECORD) instead."""
     import functools
     import time
 
     @functools.wraps(function)
     def timed(session):
+        if FULL:
+            return function(session)
         started = time.monotonic()
         outcome = "failed"
         try:
@@ -61,9 +74,65 @@ def budgeted(function):
     return timed
 
 
+FULL_MATRIX_RECORD = HERE / "patches" / "full_matrix.json"
+# The packages whose catalog entries each framework session proves on real releases.
+SESSION_PACKAGES = {"deepspeed": ["deepspeed"], "openrlhf": ["openrlhf"],
+                    "transformers": ["transformers", "accelerate", "trl"], "llamafactory": ["llamafactory"]}
+
+
+def run_release_tests(session, folder, options, env, releases):
+    """pytest on the framework tests in ``folder``. The full tier runs the tests that CI
+    does not (those of its extra releases; CI's are collected first and left out), and
+    writes the outcome of each, the ``releases`` and the catalog's patch ids at the time to
+    FULL_MATRIX_RECORD (checked by tests/test_full_matrix.py), failures included."""
+    command = ["pytest", *options, folder, SLOWEST, *session.posargs]
+    if not FULL:
+        session.run(*command, env=env)
+        return
+    import subprocess
+    import time
+
+    tmp = Path(session.create_tmp())
+    ci_tests, report = tmp / "ci-tests.txt", tmp / "junit.xml"
+    report.unlink(missing_ok=True)
+    listing = subprocess.run([str(Path(session.bin) / "python"), "-m", "pytest", "--collect-only", "-q", folder,
+                              "-m", "not full_tier_only"],
+                             env={**os.environ, **env, "GRADFIX_TEST_TIER": "ci"}, capture_output=True, text=True)
+    ci_tests.write_text("\n".join(line for line in listing.stdout.splitlines() if "::" in line))
+    started = time.monotonic()
+    session.run(*command, f"--junitxml={report}", env={**env, "GRADFIX_CI_TESTS": str(ci_tests)},
+                success_codes=[0, 1, 5])  # 5: nothing left to run
+    outcomes = record_full_matrix(session.name, report, releases, time.monotonic() - started,
+                                  ci_tests=len(ci_tests.read_text().split()))
+    if outcomes["failed"]:
+        session.error(f"{len(outcomes['failed'])} tests failed in the full tier (recorded in "
+                      f"{FULL_MATRIX_RECORD.name}): {', '.join(outcomes['failed'])}")
+
+
+def record_full_matrix(name, report, releases, seconds, ci_tests):
+    import datetime
+    import tomllib
+    import xml.etree.ElementTree as ElementTree
+
+    outcomes = {"passed": [], "failed": [], "skipped": []}
+    for case in ElementTree.parse(report).getroot().iter("testcase"):
+        test = f"{case.get('classname')}::{case.get('name')}"
+        kinds = {child.tag for child in case}
+        outcome = "failed" if kinds & {"failure", "error"} else "skipped" if "skipped" in kinds else "passed"
+        outcomes[outcome].append(test)
+    patches = sorted(entry["id"] for entry in (tomllib.loads(path.read_text()) for path in (HERE / "patches").glob("*.toml"))
+                     if entry.get("package") in SESSION_PACKAGES[name])
+    record = json.loads(FULL_MATRIX_RECORD.read_text()) if FULL_MATRIX_RECORD.exists() else {}
+    record[name] = {"date": datetime.date.today().isoformat(), "seconds": round(seconds), "releases": releases,
+                    "patches": patches, "left_to_ci": ci_tests,
+                    **{kind: sorted(tests) for kind, tests in outcomes.items()}}
+    FULL_MATRIX_RECORD.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+    return outcomes
+
+
 TEST_REQUIREMENTS = ["pytest>=7", "packaging>=21"]
 # Framework sessions list their slowest tests: CI has a time budget to keep.
-SLOWEST = "--durations=15"
+SLOWEST = "--durations=30"
 
 
 def _oldest_python():
@@ -72,13 +141,19 @@ def _oldest_python():
     return found[-1] if found else "3.9"
 
 
+# pip compiles every installed module to bytecode, most of which no test imports: 10 of the 14 s
+# of a transformers install. Without it, each module is compiled when first imported (and
+# cached), so a cold run pays only for what it uses.
+NO_COMPILE = "--no-compile"
+
+
 def install_cached(session, *requirements, group="requirements"):
     """pip install ``requirements`` unless this environment already holds exactly them."""
     key = hashlib.sha256(json.dumps([sys.version, *requirements]).encode()).hexdigest()
     stamp = Path(session.virtualenv.location) / f".gradfix-{group}"
     if stamp.exists() and stamp.read_text() == key:
         return
-    session.install(*requirements)
+    session.install(NO_COMPILE, *requirements)
     stamp.write_text(key)
 
 
@@ -118,17 +193,21 @@ def tests_oldest_python(session):
     session.run("pytest", "-q", "-m", "not slow", *session.posargs)
 
 
-# One release per boundary and source variant. ds-zero2-offload-multi-backward only:
-# 0.14.5. ds-zero2-offload-ga: 0.15.1 (last before), 0.15.2 (oldest affected), variant 1
-# (0.16.4, 0.16.9, 0.18.2), variant 2 (0.18.3, 0.18.6, 0.18.9). ds-zero2-epilogue-reset:
-# 0.17.6 (oldest affected) to 0.18.2, 0.18.3 first fixed. ds-bf16-zero1-last-microbatch:
-# 0.18.2 (before), 0.18.5 (oldest affected), 0.18.9. ds-scale-wrt-gas-ignored: 0.18.2,
-# 0.18.3 (the one affected release), 0.18.4 (fixed). ds-pipeline-ga-scale: 0.15.2 (before),
-# variant 1 (0.16.4, 0.18.2), variant 2 (0.18.3, 0.19.2), 0.19.3 (first fixed). 0.19.0
-# first fixed for the offload and bf16 bugs, 0.19.8 the newest release. ds-output-hooks-*:
-# 0.18.3, 0.19.2 and 0.19.5 (the three hook variants), 0.19.6 (engine.backward fixed).
-DEEPSPEED_RELEASES = ["0.14.5", "0.15.1", "0.15.2", "0.16.4", "0.16.9", "0.17.6", "0.18.2", "0.18.3", "0.18.4",
-                      "0.18.5", "0.18.6", "0.18.9", "0.19.0", "0.19.2", "0.19.3", "0.19.5", "0.19.6", "0.19.8"]
+# CI: one release per source variant of each patch and every first fixed release.
+# ds-zero2-offload-multi-backward alone: 0.14.5. ds-zero2-offload-ga: variant 1 (0.15.2, 0.16.4,
+# 0.16.9, 0.18.2), variant 2 (0.18.3, 0.18.6, 0.18.9). ds-zero2-epilogue-reset: 0.18.2, 0.18.3
+# first fixed. ds-bf16-zero1-last-microbatch: 0.18.9. ds-scale-wrt-gas-ignored: 0.18.2, 0.18.3 (the
+# one affected release), 0.18.4 (fixed). ds-pipeline-ga-scale: 0.15.2 (before), variant 1 (0.16.4,
+# 0.18.2), variant 2 (0.18.3), 0.19.3 (first fixed). 0.19.0 first fixed for the offload and bf16
+# bugs, 0.19.8 the newest release. ds-output-hooks-*: 0.18.3, 0.19.2 and 0.19.5 (the three hook
+# variants), 0.19.6 (engine.backward fixed).
+DEEPSPEED_RELEASES = ["0.14.5", "0.15.2", "0.16.4", "0.16.9", "0.18.2", "0.18.3", "0.18.4", "0.18.6", "0.18.9",
+                      "0.19.0", "0.19.2", "0.19.3", "0.19.5", "0.19.6", "0.19.8"]
+# The full tier adds releases whose code variant CI proves on another release: 0.15.1 (the last
+# before ds-zero2-offload-ga), 0.17.6 (the oldest with ds-zero2-epilogue-reset and
+# ds-bf16-zero0-unfused, the code of 0.18.2), 0.18.5 (the oldest with ds-bf16-zero1-last-microbatch,
+# the code of 0.18.9; the newest with ds-bf16-zero0-unfused, the code of 0.18.3).
+DEEPSPEED_FULL_ONLY = ["0.15.1", "0.17.6", "0.18.5"]
 DEEPSPEED_DEPENDENCIES = ["hjson", "msgpack", "ninja", "numpy", "psutil", "py-cpuinfo", "pydantic", "tqdm",
                           "einops", "setuptools", "wheel"]
 
@@ -148,7 +227,7 @@ def install_into_folder(session, folder, *requirements, env=None, python=None):
     shutil.rmtree(folder, ignore_errors=True)
     partial = folder.with_name("partial-" + folder.name)
     shutil.rmtree(partial, ignore_errors=True)
-    command = ["-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--upgrade", "--target",
+    command = ["-m", "pip", "install", "-q", NO_COMPILE, "--no-deps", "--no-build-isolation", "--upgrade", "--target",
                str(partial), *requirements]
     if python:
         import subprocess
@@ -166,15 +245,22 @@ def install_deepspeed_releases(session, releases, ops=("ShareMemCommBuilder",)):
     """Each release is pure Python (DS_BUILD_OPS=0) in its own folder under
     ~/.cache/gradfix/deepspeed, put on PYTHONPATH by the tests. Missing folders are
     installed a few at a time (a cold install builds DeepSpeed's sdist, ~25 s each,
-    mostly waiting). ``ops`` are then given to every folder prebuilt, each distinct
-    op source compiled once for all releases and sessions (tests/deepspeed_ops.py)."""
+    mostly waiting). ``ops`` are then given to every folder prebuilt (prebuild_ops)."""
     folders = [CACHE / "deepspeed" / f"ds-{release}" for release in releases]
     jobs = [(folder, [f"deepspeed=={release}"]) for folder, release in zip(folders, releases)]
     install_folders_concurrently(session, jobs, env={"DS_BUILD_OPS": "0"})
     clear_interrupted_builds(CACHE / "deepspeed")
-    session.run("python", str(HERE / "tests" / "deepspeed_ops.py"), "--cache", str(CACHE / "deepspeed" / "ops"),
-                *(f"--op={op}" for op in ops), *map(str, folders), env={"DS_ACCELERATOR": "cpu"})
+    prebuild_ops(session, releases, ops)
     return CACHE / "deepspeed"
+
+
+def prebuild_ops(session, releases, ops):
+    """Give the installed ``releases`` the C++ ``ops`` (DeepSpeed op builder names) ahead of
+    time, each distinct op source compiled once for all releases and sessions
+    (tests/deepspeed_ops.py), instead of a JIT build inside the first test that needs it."""
+    folders = [CACHE / "deepspeed" / f"ds-{release}" for release in releases]
+    session.run_install("python", str(HERE / "tests" / "deepspeed_ops.py"), "--cache", str(CACHE / "deepspeed" / "ops"),
+                        *(f"--op={op}" for op in ops), *map(str, folders), env={"DS_ACCELERATOR": "cpu"})
 
 
 def install_folders_concurrently(session, jobs, env=None, workers=3):
@@ -217,9 +303,12 @@ def deepspeed(session):
     install_cached(session, "torch==2.13.0", group="torch")  # alone first: the local CPU wheel
     install_cached(session, *TEST_REQUIREMENTS, "pytest-xdist", "wrapt>=2,<3", *DEEPSPEED_DEPENDENCIES, *LAUNCHERS)
     install_gradfix(session)
-    releases = install_deepspeed_releases(session, DEEPSPEED_RELEASES)
-    session.run("pytest", "-q", "-n", str(min(os.cpu_count() or 1, 4)), "--dist", "loadgroup", SLOWEST,
-                "tests/deepspeed_releases", *session.posargs, env={"GRADFIX_DS_RELEASES": str(releases)})
+    matrix = DEEPSPEED_RELEASES + (DEEPSPEED_FULL_ONLY if FULL else [])
+    releases = install_deepspeed_releases(session, matrix)
+    run_release_tests(session, "tests/deepspeed_releases",
+                      ["-q", "-n", str(min(os.cpu_count() or 1, 4)), "--dist", "loadgroup"],
+                      env={"GRADFIX_DS_RELEASES": str(releases), "GRADFIX_DS_MATRIX": ",".join(matrix)},
+                      releases={"deepspeed": matrix})
 
 
 # OpenRLHF release -> (the transformers release it pins, the DeepSpeed release its tests
@@ -240,6 +329,12 @@ OPENRLHF_RELEASES = {
     "0.11.1": ("5.15.0", "0.19.8", []),
     "0.11.2": ("5.15.0", "0.19.8", []),
 }
+# Releases only the full tier installs and tests: 0.8.11 is the 0.8.x-0.9.x code that 0.9.10
+# covers in CI; 0.11.1 is openrlhf-sft-epoch-boundary's newest affected release, the same code
+# as 0.10.4 (CI's).
+OPENRLHF_FULL_ONLY = {"0.8.11", "0.11.1"}
+# The DeepSpeed releases of the tests with --adam_offload (the paper's stack and the fixed one).
+OPENRLHF_OFFLOAD_DEEPSPEED = {"0.18.9", "0.19.0"}
 # A DeepSpeed release for a PPO critic run that must already be right (dynamic batching under
 # ZeRO-2 left unchanged): before the output hooks of 0.18.3 (the critic returns its backbone's
 # output beside the values) and the ZeRO-2 bugs of 0.17.6-0.18.2. The other critic tests run
@@ -261,15 +356,21 @@ def openrlhf(session):
     install_cached(session, *TEST_REQUIREMENTS, "pytest-xdist", "wrapt>=2,<3", *DEEPSPEED_DEPENDENCIES,
                    *OPENRLHF_DEPENDENCIES)
     install_gradfix(session)
-    install_deepspeed_releases(session, sorted({deepspeed for _, deepspeed, _ in OPENRLHF_RELEASES.values()}
-                                               | {OPENRLHF_CRITIC_DEEPSPEED}))
+    matrix = {release: stack for release, stack in OPENRLHF_RELEASES.items()
+              if FULL or release not in OPENRLHF_FULL_ONLY}
+    deepspeed = sorted({deepspeed for _, deepspeed, _ in matrix.values()} | {OPENRLHF_CRITIC_DEEPSPEED})
+    install_deepspeed_releases(session, deepspeed)
+    # OpenRLHF's Adam on the CPU accelerator: FusedAdam, DeepSpeedCPUAdam with --adam_offload.
+    prebuild_ops(session, deepspeed, ["FusedAdamBuilder"])
+    prebuild_ops(session, [d for d in deepspeed if d in OPENRLHF_OFFLOAD_DEEPSPEED], ["CPUAdamBuilder"])
     install_folders_concurrently(session, [(CACHE / "openrlhf" / f"orl-{release}",
                                             [f"openrlhf=={release}", f"transformers=={transformers}", *extras])
-                                           for release, (transformers, _, extras) in OPENRLHF_RELEASES.items()])
-    stacks = {release: deepspeed for release, (_, deepspeed, _) in OPENRLHF_RELEASES.items()}
-    session.run("pytest", "-q", "-n", str(min(os.cpu_count() or 1, 2)), "tests/openrlhf_releases", SLOWEST,
-                *session.posargs, env={"GRADFIX_OPENRLHF_RELEASES": json.dumps(stacks), "GRADFIX_CACHE": str(CACHE),
-                                       "GRADFIX_OPENRLHF_CRITIC_DEEPSPEED": OPENRLHF_CRITIC_DEEPSPEED})
+                                           for release, (transformers, _, extras) in matrix.items()])
+    stacks = {release: deepspeed for release, (_, deepspeed, _) in matrix.items()}
+    run_release_tests(session, "tests/openrlhf_releases", ["-q", "-n", str(min(os.cpu_count() or 1, 2))],
+                      env={"GRADFIX_OPENRLHF_RELEASES": json.dumps(stacks), "GRADFIX_CACHE": str(CACHE),
+                           "GRADFIX_OPENRLHF_CRITIC_DEEPSPEED": OPENRLHF_CRITIC_DEEPSPEED},
+                      releases={"openrlhf": stacks})
 
 
 # transformers release -> what its folder also needs (the hub, tokenizers and accelerate it
@@ -331,15 +432,16 @@ def transformers(session):
     newest = dict(pin.split("==") for pin in TRANSFORMERS_NEWEST)
     transformers_releases = {r: str(CACHE / "transformers" / f"tf-{r}") for r in TRANSFORMERS_RELEASES}
     trl_releases = {release: str(CACHE / "trl" / f"trl-{release}") for release in TRL_RELEASES}
-    session.run("pytest", "-q", "-n", str(min(os.cpu_count() or 1, 2)), "tests/transformers_releases", SLOWEST,
-                *session.posargs, env={
-                    "GRADFIX_TF_RELEASES": json.dumps({**transformers_releases, newest["transformers"]: ""}),
-                    "GRADFIX_TRL_RELEASES": json.dumps({**trl_releases, newest["trl"]: ""}),
-                    "GRADFIX_TRL_CUSTOM_LOSS_RELEASES": json.dumps(
-                        {release: str(CACHE / "trl" / f"trl-alone-{release}") for release in TRL_CUSTOM_LOSS_RELEASES}),
-                    "GRADFIX_AXOLOTL": json.dumps({"folder": str(CACHE / "axolotl" / "axolotl-0.6.0"),
-                                                   "stack": str(CACHE / "transformers" / "tf-4.46.2")}),
-                    "GRADFIX_CACHE": str(CACHE)})
+    run_release_tests(session, "tests/transformers_releases", ["-q", "-n", str(min(os.cpu_count() or 1, 2))], env={
+        "GRADFIX_TF_RELEASES": json.dumps({**transformers_releases, newest["transformers"]: ""}),
+        "GRADFIX_TRL_RELEASES": json.dumps({**trl_releases, newest["trl"]: ""}),
+        "GRADFIX_TRL_CUSTOM_LOSS_RELEASES": json.dumps(
+            {release: str(CACHE / "trl" / f"trl-alone-{release}") for release in TRL_CUSTOM_LOSS_RELEASES}),
+        "GRADFIX_AXOLOTL": json.dumps({"folder": str(CACHE / "axolotl" / "axolotl-0.6.0"),
+                                       "stack": str(CACHE / "transformers" / "tf-4.46.2")}),
+        "GRADFIX_CACHE": str(CACHE)}, releases={
+        "transformers": [*TRANSFORMERS_RELEASES, newest["transformers"]], "trl": [*TRL_RELEASES, newest["trl"]],
+        "trl (custom losses)": TRL_CUSTOM_LOSS_RELEASES, "deepspeed": TRANSFORMERS_DEEPSPEED})
 
 
 # LLaMA-Factory release -> (what its folder holds besides it, the DeepSpeed release of its
@@ -374,8 +476,22 @@ def llamafactory(session):
             folder = str(CACHE / "llamafactory" / f"lf-{release}")
             install_into_folder(session, Path(folder), f"llamafactory=={release}", *extras)
         stacks[release] = {"folder": folder, "deepspeed": deepspeed}
-    session.run("pytest", "-q", "-n", str(min(os.cpu_count() or 1, 2)), "tests/llamafactory_releases", SLOWEST,
-                *session.posargs, env={"GRADFIX_LF_RELEASES": json.dumps(stacks), "GRADFIX_CACHE": str(CACHE)})
+    run_release_tests(session, "tests/llamafactory_releases", ["-q", "-n", str(min(os.cpu_count() or 1, 2))],
+                      env={"GRADFIX_LF_RELEASES": json.dumps(stacks), "GRADFIX_CACHE": str(CACHE)},
+                      releases={"llamafactory": stacks})
+
+
+FULL_MATRIX_SESSIONS = ["deepspeed", "openrlhf", "transformers"]
+
+
+@nox.session(python=False)
+def full_matrix(session):
+    """Periodic (not part of the default run): the framework sessions on the whole release
+    matrix (GRADFIX_TEST_TIER=full), each test's outcome recorded in patches/full_matrix.json,
+    which the fast tier checks. Run it when patches or the release lists change, and commit
+    the record. Sessions to run: posargs (default: FULL_MATRIX_SESSIONS)."""
+    session.run(sys.executable, "-m", "nox", "-s", *(session.posargs or FULL_MATRIX_SESSIONS),
+                env={"GRADFIX_TEST_TIER": "full"}, external=True)
 
 
 @nox.session(python="3.11")
@@ -466,6 +582,10 @@ def sweep_openrlhf(session):
     (run that session first), with the import-only flash-attn and vLLM stand-ins."""
     python = session_python(session, "openrlhf", "the sweep")
     stubs = HERE / "tests" / "openrlhf_releases" / "stubs"
+    for _, _, tested in OPENRLHF_SWEEP:
+        if not (CACHE / "openrlhf" / f"orl-{tested}").is_dir():
+            session.error(f"run `python -m nox -s full_matrix -- openrlhf` first: the sweep imports releases "
+                          f"with the folders of the full tier (orl-{tested} is missing)")
     for since, until, tested in OPENRLHF_SWEEP:
         deepspeed = OPENRLHF_RELEASES[tested][1]
         options = ["--since", since, *(["--until", until] if until else []), "--stack", str(stubs),

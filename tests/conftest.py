@@ -7,7 +7,7 @@ import sys
 import pytest
 
 import toy
-from helpers import clean_env
+from helpers import clean_env, current_tier
 
 # The fixture fix modules (gftoy_fixes) are importable in-process too.
 sys.path.insert(0, str(toy.FIXTURES))
@@ -66,3 +66,26 @@ def pytest_ignore_collect(collection_path, config):
     """tests/deepspeed_releases needs real DeepSpeed releases: only the nox `deepspeed` session
     installs them (and sets GRADFIX_DS_RELEASES)."""
     return "GRADFIX_DS_RELEASES" not in os.environ and collection_path.name == "deepspeed_releases"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "full_tier_only(reason): only the full tier runs it (helpers.full_tier_only)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """CI skips the tests marked full_tier_only. The full tier's periodic run
+    (noxfile.run_release_tests) leaves out the tests CI runs: their ids are in the file
+    named by GRADFIX_CI_TESTS."""
+    if current_tier() != "full":
+        for item in items:
+            marker = item.get_closest_marker("full_tier_only")
+            if marker:
+                item.add_marker(pytest.mark.skip(reason=f"full tier only: {marker.kwargs['reason']}"))
+    listed = os.environ.get("GRADFIX_CI_TESTS")
+    if not listed:
+        return
+    with open(listed) as handle:
+        in_ci = {line.strip() for line in handle if line.strip()}
+    kept = [item for item in items if item.nodeid not in in_ci]
+    config.hook.pytest_deselected(items=[item for item in items if item.nodeid in in_ci])
+    items[:] = kept

@@ -11,6 +11,33 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
+# Test tiers (README, "Test tiers and CI time"). CI ("ci", the default) proves every patch on
+# one release per code variant, the releases around each bug and every first fixed release;
+# the periodic full tier (GRADFIX_TEST_TIER=full, the nox sessions named *_full) adds the rest
+# of the release matrix.
+TIERS = ("ci", "full")
+
+
+def current_tier() -> str:
+    tier = os.environ.get("GRADFIX_TEST_TIER") or "ci"
+    if tier not in TIERS:
+        raise ValueError(f"GRADFIX_TEST_TIER={tier!r}: use one of {', '.join(TIERS)}")
+    return tier
+
+
+def tiered(ci, full=()) -> list:
+    """The releases a test runs on: ``ci`` always, ``full`` too in the full tier."""
+    return [*ci, *full] if current_tier() == "full" else list(ci)
+
+
+def full_tier_only(why):
+    """Mark a test that only the full tier runs, saying what CI proves instead (conftest.py
+    skips it in CI)."""
+    import pytest
+
+    return pytest.mark.full_tier_only(reason=why)
+
+
 def clean_env(**extra) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GRADFIX") and k != "PYTHONPATH"}
     env.update({k: v for k, v in extra.items() if v is not None})

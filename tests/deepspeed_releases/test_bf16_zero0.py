@@ -5,8 +5,9 @@ update), so the patched buggy releases are compared with the first fixed release
 or 1.0 (a frozen model, 0.18.3-0.18.5) of an update."""
 
 import pytest
+from helpers import tiered
 
-from dsrun import config, releases, train, update_error, version
+from dsrun import config, job_key, plan, releases, train, update_error, version, xdist_group
 
 PATCH = "ds-bf16-zero0-unfused"
 FIRST_FIXED = "0.18.6"
@@ -14,11 +15,17 @@ AFFECTED = lambda r: (0, 17, 6) <= version(r) < (0, 18, 6)  # noqa: E731
 BF16_ZERO0 = config(stage=0, offload="none", ga=4, precision="bf16")
 # bf16 + fp32 accumulation + ZeRO-1 reaches the same optimizer on 0.17.6-0.18.4 (a constant clash)
 BF16_FP32_ZERO1 = config(stage=1, offload="none", ga=4, precision="bf16", grad_accum_dtype="fp32")
-MATRIX = ["0.16.9", "0.17.6", "0.18.2", "0.18.3", "0.18.5", FIRST_FIXED, "0.19.8"]
+# Before the bug, each variant's newest (0.18.2) or oldest (0.18.3) release, first fixed, newest;
+# the full tier adds the oldest and newest affected releases.
+MATRIX = tiered(["0.16.9", "0.18.2", "0.18.3", FIRST_FIXED, "0.19.8"], full=["0.17.6", "0.18.5"])
 BF16_ROUNDING, WRONG = 0.2, 0.5
 
 
-@pytest.mark.parametrize("release", [r for r in releases() if r in MATRIX])
+def in_matrix(wanted):
+    return [xdist_group(r) for r in releases() if r in wanted]
+
+
+@pytest.mark.parametrize("release", in_matrix(MATRIX))
 def test_bf16_without_zero(release):
     reference = train(None, False, BF16_ZERO0)
     unpatched, patched = train(release, False, BF16_ZERO0), train(release, True, BF16_ZERO0)
@@ -37,7 +44,8 @@ def test_bf16_without_zero(release):
         assert update_error(unpatched, reference) < BF16_ROUNDING
 
 
-@pytest.mark.parametrize("release", [r for r in releases() if r in ("0.18.2", "0.18.5")])
+# CI: the first variant (gradients kept across steps); the full tier adds the second (frozen).
+@pytest.mark.parametrize("release", [r for r in releases() if r in tiered(("0.18.2",), full=("0.18.5",))])
 def test_bf16_without_zero_two_ranks(release):
     options = BF16_ZERO0
     reference = train(None, False, options, 1, 2)
@@ -48,7 +56,10 @@ def test_bf16_without_zero_two_ranks(release):
         assert patched["params"] == train(FIRST_FIXED, False, options, 1, 2)["params"]
 
 
-@pytest.mark.parametrize("release", [r for r in releases() if r in ("0.17.6", "0.18.3")])
+FP32_ACCUMULATION = tiered(["0.18.2", "0.18.3"], full=["0.17.6"])
+
+
+@pytest.mark.parametrize("release", in_matrix(FP32_ACCUMULATION))
 def test_fp32_accumulation_sent_down_the_same_path(release):
     """ZeRO-1 + bf16 + fp32 accumulation on 0.17.6-0.18.4: the loss scale part of the
     fix makes it right (accumulating in bf16, not fp32: rounding-level differences
@@ -60,3 +71,8 @@ def test_fp32_accumulation_sent_down_the_same_path(release):
     assert patched["grad_norms"] == pytest.approx(reference["grad_norms"], rel=0.02)
     wrong_norm = unpatched["grad_norms"][0] > 1000 * reference["grad_norms"][0]  # 0.17.6-0.18.2: x65536
     assert wrong_norm or update_error(unpatched, reference) > WRONG  # 0.18.3-0.18.4: frozen
+
+
+# The single-process runs above, batched per release (dsrun.plan).
+plan(MATRIX, job_key(BF16_ZERO0))
+plan(FP32_ACCUMULATION, job_key(BF16_FP32_ZERO1))

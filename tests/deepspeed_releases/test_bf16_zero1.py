@@ -6,6 +6,7 @@ running the same bf16 arithmetic: bit for bit.
 """
 
 import pytest
+from helpers import tiered
 
 from dsrun import FIRST_FIXED, config, releases, train, update_error, version
 
@@ -13,9 +14,10 @@ PATCH = "ds-bf16-zero1-last-microbatch"
 AFFECTED = lambda r: (0, 18, 5) <= version(r) < (0, 19, 0)  # noqa: E731
 # bf16 model + fp32 accumulation + ZeRO-1 without offload: DeepSpeed's BF16_Optimizer.
 BF16_ZERO1 = config(stage=1, offload="none", ga=4, precision="bf16", grad_accum_dtype="fp32")
-# Before the bug (0.18.2), oldest and newest affected, first fixed. (0.18.7-0.18.9 crash
-# on two CPU ranks with ZeRO-2, not with this ZeRO-1 path.)
-TWO_RANK_RELEASES = ["0.18.2", "0.18.5", "0.18.9", FIRST_FIXED]
+# The newest affected release and the first fixed one; the full tier adds the oldest affected one
+# and the last before the bug. (0.18.7-0.18.9 crash on two CPU ranks with ZeRO-2, not with this
+# ZeRO-1 path.)
+TWO_RANK_RELEASES = tiered(["0.18.9", FIRST_FIXED], full=["0.18.2", "0.18.5"])
 BF16_ROUNDING, DROPPED = 0.2, 0.3
 
 
@@ -37,7 +39,7 @@ def test_two_ranks(release):
         assert update_error(unpatched, reference) < BF16_ROUNDING
 
 
-@pytest.mark.parametrize("release", [r for r in releases() if r in ("0.18.5", "0.18.9")])
+@pytest.mark.parametrize("release", [r for r in releases() if r in tiered(("0.18.9",), full=("0.18.5",))])
 def test_one_rank_changes_rounding_only(release):
     """One rank has nothing to reduce: the patch counts no correction, and the new
     order changes only the bf16 rounding of the sum, exactly as the fixed release."""

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from dsrun import affected_patches, release_env, releases
-from helpers import free_port
+from helpers import free_port, full_tier_only, tiered
 
 RELEASE = "0.18.2"
 PROBE = str(Path(__file__).with_name("launcher_probe.py"))
@@ -61,6 +61,7 @@ def test_gradfix_run_wraps_a_launcher():
     assert_patched(lines, 2, "launcher")
 
 
+@full_tier_only("every test below checks the patches from inside the job")
 def test_without_gradfix_nothing_is_active():
     """The check above can fail: the same launch without GRADFIX leaves gradfix out."""
     lines = probe([*TORCHRUN, port(), PROBE], gradfix=None)
@@ -85,7 +86,7 @@ def test_accelerate_launch():
     assert sorted(line["rank"] for line in lines) == ["0", "1"]
 
 
-@pytest.mark.parametrize("method", ["spawn", "forkserver", "fork"])
+@pytest.mark.parametrize("method", tiered(["spawn"], full=["forkserver", "fork"]))
 def test_multiprocessing_children(method):
     lines = probe([sys.executable, PROBE, "--mp", method])
     assert_patched(lines, 2, f"{method} child")
@@ -112,6 +113,7 @@ def torchrun_node(node_rank, master_port, through_gradfix_run):
     return [sys.executable, "-m", "gradfix", "run", "--", *command] if through_gradfix_run else command
 
 
+@full_tier_only("CI covers gradfix run on one node")
 def test_two_nodes_each_started_with_gradfix_run():
     """Two torchrun agents (two "nodes" on this machine, static rendezvous), each started
     with `gradfix run --` as the README says to do on every node."""
@@ -121,6 +123,7 @@ def test_two_nodes_each_started_with_gradfix_run():
     assert sorted((line["node"], line["rank"]) for line in lines) == [("0", "0"), ("1", "1")]
 
 
+@full_tier_only("CI covers gradfix run on one node")
 def test_a_node_started_without_gradfix_is_not_covered():
     """The check above can fail: GRADFIX on node 0 only leaves node 1's worker without it."""
     master = port()
@@ -130,6 +133,7 @@ def test_a_node_started_without_gradfix_is_not_covered():
     assert by_node["0"]["states"] is not None and by_node["1"]["states"] is None
 
 
+@full_tier_only("CI covers torchrun and the deepspeed launcher inheriting GRADFIX=1")
 def test_slurm_style_tasks_inherit_the_batch_scripts_gradfix():
     """srun is not installed here; this starts the tasks as srun does by default
     (--export=ALL: the batch script's environment, where `export GRADFIX=1` ran, plus

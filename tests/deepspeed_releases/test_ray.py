@@ -15,7 +15,7 @@ import time
 import pytest
 
 from dsrun import release_env, releases
-from helpers import free_port
+from helpers import free_port, full_tier_only
 from test_launchers import RELEASE, expected_applied
 
 pytestmark = [
@@ -166,6 +166,7 @@ def test_worker_status_of_covered_workers(cluster):
     assert "NOT in" not in proc.stderr
 
 
+@full_tier_only("CI covers a cluster whose driver has GRADFIX=1")
 def test_cluster_started_with_gradfix_run():
     """`gradfix run -- ray start --head`: a driver without GRADFIX gets covered workers."""
     head, address = start_cluster(free_port(), gradfix_run=True)
@@ -220,12 +221,14 @@ def submit(job_cluster, *, through_gradfix_run=False, runtime_env=None, **enviro
     return value
 
 
+@full_tier_only("a second cluster; CI covers the driver's GRADFIX=1 reaching the actors")
 def test_job_submit_with_gradfix_in_its_runtime_env(job_cluster):
     """The README's command: --runtime-env-json '{"env_vars": {"GRADFIX": "1"}}'."""
     job = submit(job_cluster, runtime_env={"env_vars": {"GRADFIX": "1"}})
     assert job["DRIVER"] is True and applied(job["STATES"]) == expected_applied()
 
 
+@full_tier_only("a second cluster; CI covers the driver's GRADFIX=1 reaching the actors")
 def test_gradfix_run_ray_job_submit(job_cluster):
     """`gradfix run -- ray job submit ...`: gradfix in the CLI process adds GRADFIX=1 to
     the job's runtime_env, so the entrypoint and its workers are covered."""
@@ -233,6 +236,7 @@ def test_gradfix_run_ray_job_submit(job_cluster):
     assert job["DRIVER"] is True and applied(job["STATES"]) == expected_applied()
 
 
+@full_tier_only("a second cluster; CI covers the driver's GRADFIX=1 reaching the actors")
 def test_job_submit_without_gradfix_is_not_covered(job_cluster):
     """The checks above can fail: the same job without GRADFIX, and GRADFIX=0 set by the
     user in the runtime_env is kept even when the submitting process has gradfix on."""

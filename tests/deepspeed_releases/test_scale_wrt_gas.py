@@ -6,15 +6,16 @@ release); the releases around it must be untouched."""
 
 import pytest
 
-from dsrun import config, releases, same_gradients, train, update_error
+from dsrun import config, job_key, plan, releases, same_gradients, train, update_error, xdist_group
 
 PATCH = "ds-scale-wrt-gas-ignored"
 FIRST_FIXED = "0.18.4"
 CONFIGURATIONS = {"zero1": config(stage=1, offload="none", ga=4), "zero2": config(stage=2, offload="none", ga=4)}
+RELEASES = ("0.18.2", "0.18.3", FIRST_FIXED, "0.19.8")
 
 
 @pytest.mark.parametrize("name", CONFIGURATIONS)
-@pytest.mark.parametrize("release", [r for r in releases() if r in ("0.18.2", "0.18.3", FIRST_FIXED, "0.19.8")])
+@pytest.mark.parametrize("release", [xdist_group(r) for r in releases() if r in RELEASES])
 def test_user_scaled_loss(release, name):
     options = CONFIGURATIONS[name]
     reference = train(None, False, options)
@@ -37,10 +38,15 @@ def test_user_scaled_loss(release, name):
             assert same_gradients(unpatched, reference), update_error(unpatched, reference)
 
 
-@pytest.mark.parametrize("release", [r for r in releases() if r == "0.18.3"])
+@pytest.mark.parametrize("release", [xdist_group(r) for r in releases() if r == "0.18.3"])
 def test_default_scaling_is_left_alone(release):
     """engine.backward(loss) (scale_wrt_gas=True): the patch changes nothing, counts nothing."""
     options = CONFIGURATIONS["zero1"]
     patched = train(release, True, options)
     assert patched["gradfix"][PATCH]["hits"] == 0
     assert patched["params"] == train(release, False, options)["params"]
+
+
+# The runs above, batched per release (dsrun.plan).
+plan(RELEASES, *(job_key(options, user_scaled_loss=True) for options in CONFIGURATIONS.values()))
+plan(["0.18.3"], job_key(CONFIGURATIONS["zero1"]))

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from dsrun import FIRST_FIXED, affected_patches, release_env, releases
+from helpers import full_tier_only
 
 BUGGY = "0.18.2"
 # verify's default call shapes (gradfix.verify.calls.VERIFY_CALLS): 3 through engine.backward,
@@ -93,6 +94,7 @@ def test_fixed_release_is_reported_correct(tmp_path):
 
 
 @needs("0.16.9")
+@full_tier_only("CI runs verify's defaults, a fixed release and two ranks")
 def test_user_config_with_auto_values(tmp_path):
     """A LLaMA-Factory-style ZeRO-2 offload config on the newest release LLaMA-Factory
     0.9.3 allows, with bf16 chosen on the command line."""
@@ -109,6 +111,7 @@ def test_user_config_with_auto_values(tmp_path):
 
 
 @needs(BUGGY)
+@full_tier_only("CI runs verify's defaults, a fixed release and two ranks")
 def test_several_backwards_per_step(tmp_path):
     proc = verify(BUGGY, "--ga", "1", "--backwards", "4", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -127,6 +130,7 @@ def cpu_accelerator_has_fp16(release):
 
 
 @needs(BUGGY)
+@full_tier_only("CI runs verify's defaults, a fixed release and two ranks")
 def test_fp16_on_cpu(tmp_path):
     """Where this CPU has no fp16, verify says so and what to do instead (exit 2, no
     traceback); where it has, verify runs fp16 like any other precision."""
@@ -140,6 +144,7 @@ def test_fp16_on_cpu(tmp_path):
 
 
 @needs(BUGGY)
+@full_tier_only("CI runs verify's defaults, a fixed release and two ranks")
 def test_plain_zero2_config(tmp_path):
     """ZeRO-2 without offload on 0.17.6-0.18.2 (ds-zero2-epilogue-reset)."""
     plain = {"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 4, "zero_optimization": {"stage": 2}}
@@ -150,7 +155,7 @@ def test_plain_zero2_config(tmp_path):
     assert f"ds-zero2-epilogue-reset: applied, corrected {9 * ENGINE_SHAPES} accumulation micro-steps" in proc.stdout
 
 
-@needs("0.18.5")
+@needs("0.18.9")
 def test_two_ranks_bf16_zero1_config(tmp_path):
     """bf16 + fp32 accumulation + ZeRO-1 (ds-bf16-zero1-last-microbatch): the bug is
     in the cross-rank reduction, so one process shows nothing and --ranks 2 shows it."""
@@ -158,15 +163,16 @@ def test_two_ranks_bf16_zero1_config(tmp_path):
                   "zero_optimization": {"stage": 1}, "bf16": {"enabled": True},
                   "data_types": {"grad_accum_dtype": "fp32"}}
     (tmp_path / "bf16_zero1.json").write_text(json.dumps(bf16_zero1))
-    proc = verify("0.18.5", "--ds-config", "bf16_zero1.json", "--ranks", "2", cwd=tmp_path)
+    proc = verify("0.18.9", "--ds-config", "bf16_zero1.json", "--ranks", "2", cwd=tmp_path)
     assert_bug_and_fix(proc)
     assert "ZeRO-1, offload_optimizer=none, GA 4, micro-batch 2, bf16, grad_accum_dtype fp32" in proc.stdout
     assert "2 data-parallel ranks" in proc.stdout
-    shapes = ENGINE_SHAPES + DIRECT_SHAPES  # 0.18.5 takes direct backwards on ZeRO-1
+    shapes = ENGINE_SHAPES + DIRECT_SHAPES  # 0.18.9 takes direct backwards on ZeRO-1
     assert f"ds-bf16-zero1-last-microbatch: applied, corrected {3 * shapes} accumulation boundaries" in proc.stdout
 
 
 @needs("0.18.3")
+@full_tier_only("CI runs verify's defaults, a fixed release and two ranks")
 def test_pipeline_stages(tmp_path):
     """--pipeline-stages 2 (ds-pipeline-ga-scale, 0.18.3-0.19.2): the stage before the
     last is divided by GA twice; verify defaults to ZeRO-1 for a pipeline and says so."""

@@ -7,6 +7,7 @@ without gradfix.
 """
 
 import pytest
+from helpers import tiered
 from tfrun import BUG, MATCH, NOT_CONFIGURED, affected, matrix, releases, states, train
 
 pytestmark = pytest.mark.skipif(not releases(), reason=NOT_CONFIGURED)
@@ -14,9 +15,15 @@ pytestmark = pytest.mark.skipif(not releases(), reason=NOT_CONFIGURED)
 
 # The patches that the default run (two ranks, GA 2, full windows, a token-sum loss) needs.
 TWO_RANK_PATCHES = {"hf-dp-token-average", "hf-ddp-no-sync-inverted", "hf-num-items-not-passed"}
+# CI: the oldest affected release (hf-ddp-no-sync-inverted, hf-mean-loss-not-divided), 4.48.0
+# (hf-num-items-not-passed), the newest affected one and the first fixed one; 4.48.3 and 4.51.3
+# run the compute_loss_func and DeepSpeed tests. The full tier adds them here, and the newest.
+NEWEST = matrix()[-1:]
+DEFAULT_RUN = [r for r in matrix() if r in tiered(("4.46.2", "4.48.0", "4.53.3", "4.54.0"),
+                                                   full=("4.48.3", "4.51.3", *NEWEST))]
 
 
-@pytest.mark.parametrize("release", matrix())
+@pytest.mark.parametrize("release", DEFAULT_RUN)
 def test_unpatched_release(release):
     """The test sees the bug: affected releases miss the global token mean, fixed ones match it."""
     result = train(release, False)
@@ -27,7 +34,7 @@ def test_unpatched_release(release):
         assert result["average_tokens_across_devices"] is True
 
 
-@pytest.mark.parametrize("release", matrix())
+@pytest.mark.parametrize("release", DEFAULT_RUN)
 def test_gradfix_matches_the_global_token_mean(release):
     result = train(release, True)
     assert result["update_error"] < MATCH, result
@@ -46,7 +53,7 @@ def test_gradfix_matches_the_global_token_mean(release):
         assert result["gradfix"]["hf-ddp-no-sync-inverted"]["hits"] > 0
 
 
-@pytest.mark.parametrize("release", [r for r in matrix() if not affected(r) & TWO_RANK_PATCHES])
+@pytest.mark.parametrize("release", [r for r in DEFAULT_RUN if not affected(r) & TWO_RANK_PATCHES])
 def test_fixed_release_left_untouched(release):
     """Same update with and without gradfix; nothing outside the release's affected
     ranges is patched, and nothing is corrected in this run."""
@@ -126,7 +133,10 @@ def test_micro_batch_mean_loss_is_divided_by_ga(release):
 SHORT_WINDOW = ("--architecture", "gpt2", "--micro-batch-mean", "--accumulation", "4", "--sequences", "3")
 
 
-@pytest.mark.parametrize("release", matrix())
+# CI: the oldest affected release (4.46.2-4.47 do not divide at all), the newest affected one
+# and the newest (fixed) release; the full tier adds the releases between them.
+@pytest.mark.parametrize("release", [r for r in matrix() if r in tiered(("4.46.2", "4.54.0", *NEWEST),
+                                                                        full=("4.48.0", "4.48.3", "4.51.3", "4.53.3"))])
 def test_short_last_window_divides_by_its_own_size(release):
     """hf-partial-window-ga-divisor: three micro-batches in a window of GA 4 (the epoch's
     only, short, window), micro-batch mean losses; the reference is their mean."""
