@@ -481,7 +481,7 @@ def llamafactory(session):
                       releases={"llamafactory": stacks})
 
 
-FULL_MATRIX_SESSIONS = ["deepspeed", "openrlhf", "transformers"]
+FULL_MATRIX_SESSIONS = ["deepspeed", "openrlhf", "transformers", "llamafactory"]
 
 
 @nox.session(python=False)

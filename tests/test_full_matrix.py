@@ -15,7 +15,7 @@ RECORD = REPO / "patches" / "full_matrix.json"
 # The framework sessions with releases or tests that only the full tier runs, and the
 # packages whose patches each proves.
 SESSIONS = {"deepspeed": {"deepspeed"}, "openrlhf": {"openrlhf"},
-            "transformers": {"transformers", "accelerate", "trl"}}
+            "transformers": {"transformers", "accelerate", "trl"}, "llamafactory": {"llamafactory"}}
 
 
 def record():

@@ -5,6 +5,7 @@ activated only by GRADFIX=1, against a plain PyTorch reference of the same sampl
 DeepSpeed 0.18.2)."""
 
 import pytest
+from helpers import full_tier_only, tiered
 
 from lfrun import BUG, MATCH, evidence, train
 
@@ -24,7 +25,8 @@ def test_multimodal_sft_is_normalised_over_the_window(release):
     assert abs(patched["logged_losses"][0] - patched["token_mean_loss"]) < 1e-3, patched
 
 
-@pytest.mark.parametrize("release", RELEASES)
+# CI: 0.9.3 (DeepSpeed 0.16.9, transformers 4.52.4: both patches); the full tier adds 0.9.5.
+@pytest.mark.parametrize("release", tiered(["0.9.3"], full=["0.9.5"]))
 def test_deepspeed_offload_on_two_ranks(release):
     """ds_z2_offload_config.json settings, GA 3, two ranks: the DeepSpeed patch (and on
     transformers 4.52.4 hf-dp-token-average) reach LLaMA-Factory's CustomSeq2SeqTrainer."""
@@ -38,6 +40,7 @@ def test_deepspeed_offload_on_two_ranks(release):
         assert any("corrected" in line for line in evidence(patched, "hf-dp-token-average")), patched
 
 
+@full_tier_only("CI proves the multimodal and the DeepSpeed offload corrections in separate runs")
 def test_multimodal_with_deepspeed_offload_on_two_ranks():
     """Every correction at once: processor path, DeepSpeed offload, two ranks."""
     patched = train("0.9.3", True, "--processor", "--deepspeed", "--ranks", "2", "--ga", "3")
