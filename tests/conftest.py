@@ -86,6 +86,5 @@ def pytest_collection_modifyitems(config, items):
         return
     with open(listed) as handle:
         in_ci = {line.strip() for line in handle if line.strip()}
-    kept = [item for item in items if item.nodeid not in in_ci]
     config.hook.pytest_deselected(items=[item for item in items if item.nodeid in in_ci])
-    items[:] = kept
+    items[:] = [item for item in items if item.nodeid not in in_ci]

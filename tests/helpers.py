@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 # Test tiers (README, "Test tiers and CI time"). CI ("ci", the default) proves every patch on
 # one release per code variant, the releases around each bug and every first fixed release;
-# the periodic full tier (GRADFIX_TEST_TIER=full, the nox sessions named *_full) adds the rest
+# the periodic full tier (GRADFIX_TEST_TIER=full, set by `nox -s full_matrix`) adds the rest
 # of the release matrix.
 TIERS = ("ci", "full")
 

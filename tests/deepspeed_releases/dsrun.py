@@ -84,6 +84,11 @@ def xdist_group(release):
     return pytest.param(release, marks=pytest.mark.xdist_group(f"deepspeed-{release}"))
 
 
+def in_matrix(wanted):
+    """The ``wanted`` releases this session tests, each in its release's xdist group."""
+    return [xdist_group(r) for r in releases() if r in wanted]
+
+
 def _train_batch(release, patched):
     """Train every planned job of (release, patched) not trained yet, in one process."""
     jobs = [job for job in _PLANNED[(release, patched)] if (release, patched, job) not in _BATCHED]

@@ -7,7 +7,7 @@ or 1.0 (a frozen model, 0.18.3-0.18.5) of an update."""
 import pytest
 from helpers import tiered
 
-from dsrun import config, job_key, plan, releases, train, update_error, version, xdist_group
+from dsrun import config, in_matrix, job_key, plan, releases, train, update_error, version
 
 PATCH = "ds-bf16-zero0-unfused"
 FIRST_FIXED = "0.18.6"
@@ -19,10 +19,6 @@ BF16_FP32_ZERO1 = config(stage=1, offload="none", ga=4, precision="bf16", grad_a
 # the full tier adds the oldest and newest affected releases.
 MATRIX = tiered(["0.16.9", "0.18.2", "0.18.3", FIRST_FIXED, "0.19.8"], full=["0.17.6", "0.18.5"])
 BF16_ROUNDING, WRONG = 0.2, 0.5
-
-
-def in_matrix(wanted):
-    return [xdist_group(r) for r in releases() if r in wanted]
 
 
 @pytest.mark.parametrize("release", in_matrix(MATRIX))

@@ -13,7 +13,7 @@ reference (fp32: 1e-6) and, for engine.backward, the first fixed release 0.19.6.
 
 import pytest
 
-from dsrun import config, job_key, plan, releases, same_gradients, train, update_error, version, xdist_group
+from dsrun import config, in_matrix, job_key, plan, releases, same_gradients, train, update_error, version
 
 ENGINE_PATCH, DIRECT_PATCH = "ds-output-hooks-engine-backward", "ds-output-hooks-direct-backward"
 FIRST_FIXED = "0.19.6"
@@ -89,38 +89,34 @@ OFFLOAD_GA4 = config(stage=2, offload="cpu", ga=4)
 NEWEST_AND_MIDDLE = ("0.19.2", "0.19.8")
 
 
-def matrix(wanted):
-    return [xdist_group(r) for r in releases() if r in wanted]
-
-
-@pytest.mark.parametrize("release", matrix(MATRIX))
+@pytest.mark.parametrize("release", in_matrix(MATRIX))
 def test_zero2_ga4(release):
     check(release, 2, ZERO2_GA4)
 
 
-@pytest.mark.parametrize("release", matrix(NEWEST_AND_MIDDLE))
+@pytest.mark.parametrize("release", in_matrix(NEWEST_AND_MIDDLE))
 def test_zero1_ga3(release):
     check(release, 1, ZERO1_GA3)
 
 
-@pytest.mark.parametrize("release", matrix(("0.19.5",)))
+@pytest.mark.parametrize("release", in_matrix(("0.19.5",)))
 def test_zero0_ga2(release):
     """ZeRO-0 refuses direct backwards; engine.backward is mis-scaled and corrected."""
     check(release, 0, ZERO0_GA2)
 
 
-@pytest.mark.parametrize("release", matrix(NEWEST_AND_MIDDLE))
+@pytest.mark.parametrize("release", in_matrix(NEWEST_AND_MIDDLE))
 def test_zero3_ga3(release):
     """ZeRO-3 returns its own copies of the outputs: only the shared loss is mis-scaled."""
     check(release, 3, ZERO3_GA3)
 
 
-@pytest.mark.parametrize("release", matrix(("0.19.2",)))
+@pytest.mark.parametrize("release", in_matrix(("0.19.2",)))
 def test_bf16_zero1_ga4(release):
     check(release, 1, BF16_ZERO1_GA4, precision="bf16")
 
 
-@pytest.mark.parametrize("release", matrix(("0.18.6",)))
+@pytest.mark.parametrize("release", in_matrix(("0.18.6",)))
 def test_zero2_offload_ga4(release):
     """With ds-zero2-offload-ga on the same release: both corrections together."""
     check(release, 2, OFFLOAD_GA4, other_bug=True)

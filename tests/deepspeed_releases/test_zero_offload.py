@@ -11,7 +11,8 @@ gradfix.
 import pytest
 from helpers import tiered
 
-from dsrun import FIRST_FIXED, config, job_key, plan, releases, same_gradients, train, update_error, version, xdist_group
+from dsrun import (FIRST_FIXED, config, in_matrix, job_key, plan, releases, same_gradients, train, update_error, version,
+                   xdist_group)
 
 GA_AFFECTED = lambda r: (0, 15, 2) <= version(r) < (0, 19, 0)  # noqa: E731
 MULTI_AFFECTED = lambda r: version(r) < (0, 19, 0)  # noqa: E731
@@ -26,7 +27,6 @@ OFFLOAD_GA_MATRIX = tiered(["0.15.2", "0.16.9", "0.18.2", "0.18.3", "0.18.9", "0
 MULTI_MATRIX = ["0.14.5", "0.15.2", "0.18.3", "0.18.9", "0.19.0", "0.19.8"]
 # ds-zero2-epilogue-reset: 0.16.9 (before), 0.17.6-0.18.2, 0.18.3 (first fixed), 0.19.8.
 EPILOGUE_MATRIX = tiered(["0.16.9", "0.18.2", "0.18.3", "0.19.8"], full=["0.17.6"])
-in_matrix = lambda wanted: [xdist_group(r) for r in releases() if r in wanted]  # noqa: E731
 GA4 = config(stage=2, offload="cpu", ga=4)
 MULTI = config(stage=2, offload="cpu", ga=1)
 
@@ -118,7 +118,7 @@ def test_zero1_several_backwards_match_the_reference(release):
 BF16_RELEASES = ["0.16.9", "0.18.2", "0.18.9"]  # one per source variant and the newest buggy release
 
 
-@pytest.mark.parametrize("release", [xdist_group(r) for r in releases() if r in BF16_RELEASES])
+@pytest.mark.parametrize("release", in_matrix(BF16_RELEASES))
 def test_bf16_matches_the_first_fixed_release(release):
     """bf16 differs from the fp32 reference by rounding, so the comparison that
     counts is with the first fixed release running the same bf16 arithmetic."""

@@ -27,6 +27,11 @@ def releases(oldest="0.7.0"):
     return sorted((r for r in stacks() if version(r) >= version(oldest)), key=version)
 
 
+def in_matrix(wanted):
+    """The ``wanted`` releases that are in the matrix (from 0.7.0)."""
+    return [r for r in releases() if r in wanted]
+
+
 def version(release):
     return tuple(map(int, release.split(".")))
 

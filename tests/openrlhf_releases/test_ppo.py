@@ -24,7 +24,7 @@ import os
 import pytest
 
 from helpers import tiered
-from orlrun import FIRST_FIXED, matches_reference, ppo, relative_gaps, releases, stacks, version
+from orlrun import FIRST_FIXED, in_matrix, matches_reference, ppo, relative_gaps, releases, stacks, version
 
 PATCHES = {role: {True: f"openrlhf-ppo-{role}-microbatch-mean", False: f"openrlhf-ppo-{role}-microbatch-mean-dp"}
            for role in ("actor", "critic")}
@@ -87,10 +87,6 @@ def check(release, role="actor", world=1, **options):
 # (0.8.x-0.9.x code) and 0.10.3 on one rank. The newest release (0.11.2) runs the dynamic
 # batching tests.
 ACTOR_RELEASES = tiered(("0.7.5", "0.10.2", "0.10.4"), full=("0.9.10", "0.10.3"))
-
-
-def in_matrix(wanted):
-    return [r for r in releases() if r in wanted]
 
 
 @pytest.mark.parametrize("release", in_matrix(ACTOR_RELEASES))

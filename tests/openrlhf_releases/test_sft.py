@@ -13,7 +13,7 @@ DeepSpeed; fixed releases must be left alone.
 import pytest
 
 from helpers import tiered
-from orlrun import FIRST_FIXED, matches_reference, relative_gaps, releases, same_run, sft, stacks, version
+from orlrun import FIRST_FIXED, in_matrix, matches_reference, relative_gaps, releases, same_run, sft, stacks, version
 
 PATCH_FOR = {True: "openrlhf-sft-microbatch-mean", False: "openrlhf-sft-microbatch-mean-dp"}
 
@@ -55,10 +55,6 @@ def check(release, world=1, **options):
 # first fixed release; 0.9.10 (the 0.8.x-0.9.x code) runs in test_paper_configuration.py, 0.10.3
 # (its normalisers) on two ranks below. The full tier adds them here, and the newest release.
 SFT_RELEASES = tiered(("0.7.5", "0.10.2", "0.10.4"), full=("0.9.10", "0.10.3", "0.11.2"))
-
-
-def in_matrix(wanted):
-    return [r for r in releases() if r in wanted]
 
 
 @pytest.mark.parametrize("release", in_matrix(SFT_RELEASES))
