@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 
-from . import catalog
+from . import catalog, implementation
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INDEX = os.path.join(REPO, "gradfix", "_catalog_index.py")
@@ -28,6 +28,8 @@ def _checked_catalog(patches: str) -> catalog.Catalog:
 
 def index_text(patches: str) -> str:
     loaded = _checked_catalog(patches)
+    targets = {entry.implementation: implementation.load(entry.implementation).target
+               for entry in sorted(loaded.entries, key=lambda e: e.implementation)}
     sources = {}
     for name in sorted(os.listdir(patches)):
         if name.endswith(".toml"):
@@ -39,6 +41,10 @@ def index_text(patches: str) -> str:
         '"""',
         "",
         f"SOURCES = {sources!r}",
+        "",
+        "# implementation -> the module it patches (its TARGET): the engine arms a patch",
+        "# from this and imports the fix module only when that module is imported.",
+        f"TARGETS = {targets!r}",
         "",
         "ENTRIES = [",
         *(f"    {entry.to_dict()!r}," for entry in loaded.entries),

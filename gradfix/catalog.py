@@ -9,9 +9,13 @@ would cost more than the rest of ``import gradfix``. So the built-in catalog is
 also compiled into ``gradfix/_catalog_index.py`` (``python -m gradfix._generate``),
 holding the validated entries and the exact text of each file they came from.
 The index is used only when every file still reads exactly as recorded;
-otherwise, and for extra folders, the TOML files are parsed and validated.
+otherwise the TOML files are parsed and validated. An extra folder
+(GRADFIX_CATALOG_PATH) gets the same with ``gradfix index FOLDER``, which writes
+``FOLDER/gradfix-index.marshal``: used while every file's name, size and modification
+time are as recorded, ignored (the files are parsed) otherwise.
 """
 
+import marshal
 import os
 import sys
 
@@ -48,15 +52,18 @@ class CatalogEntry:
     """One validated catalog file. ``affected`` and ``fixed_in`` are parsed with
     ``packaging`` on first use only."""
 
-    __slots__ = tuple(SCHEMA) + tuple(OPTIONAL) + ("path", "_parsed")
+    __slots__ = tuple(SCHEMA) + tuple(OPTIONAL) + ("path", "target", "_parsed")
 
-    def __init__(self, fields: dict, path: str):
+    def __init__(self, fields: dict, path: str, target=None):
         for name in SCHEMA:
             setattr(self, name, fields[name])
         for name, (_, _, default) in OPTIONAL.items():
             setattr(self, name, tuple(fields.get(name, default)))
         self.upstream = tuple(self.upstream)
         self.path = path
+        # The module the fix patches (its TARGET), when the index knows the implementation:
+        # the engine then arms the patch without importing the fix module.
+        self.target = target or known_target(self.implementation)
         self._parsed = None
 
     def to_dict(self) -> dict:
@@ -123,9 +130,13 @@ class Catalog:
         return tuple(entry.id for entry in self.entries)
 
 
+def _shipped_dir() -> str:
+    return os.path.join(_PACKAGE_DIR, "_catalog")
+
+
 def builtin_dir() -> str:
     """Where the built-in catalog lives for this install (wheel or checkout)."""
-    shipped = os.path.join(_PACKAGE_DIR, "_catalog")
+    shipped = _shipped_dir()
     return shipped if os.path.isdir(shipped) else os.path.join(os.path.dirname(_PACKAGE_DIR), "patches")
 
 
@@ -248,19 +259,77 @@ def _toml_files(directory: str):
     return [os.path.join(directory, n) for n in sorted(os.listdir(directory)) if n.endswith(".toml")]
 
 
-def _from_index(directory: str, files):
-    """The index's entries if it describes exactly these files, else None."""
+_targets = None  # the index's TARGETS, once read
+
+
+def known_target(implementation: str):
+    """The TARGET of a built-in fix module, from the index (None when it is not one)."""
+    global _targets
+    if _targets is None:
+        try:
+            from . import _catalog_index as index
+        except ImportError:
+            _targets = {}
+        else:
+            _targets = getattr(index, "TARGETS", {})
+    return _targets.get(implementation)
+
+
+def _from_index(directory: str, files, shipped: bool = False):
+    """The index's entries if it describes exactly these files, else None. ``shipped``:
+    the wheel's own copy of the catalog, installed with the index from the same build,
+    is checked by file names; a checkout's patches/ (edited by hand) file by file."""
     try:
         from . import _catalog_index as index
     except ImportError:
         return None
     if sorted(index.SOURCES) != [os.path.basename(f) for f in files]:
         return None
-    for path in files:
+    for path in [] if shipped else files:
         with open(path, encoding="utf-8") as handle:
             if handle.read() != index.SOURCES[os.path.basename(path)]:
                 return None
     return [CatalogEntry(fields, os.path.join(directory, fields["id"] + ".toml")) for fields in index.ENTRIES]
+
+
+FOLDER_INDEX = "gradfix-index.marshal"
+_FOLDER_INDEX_FORMAT = 1
+
+
+def _stamps(files) -> dict:
+    """file name -> (size, modification time in ns)."""
+    stamps = {}
+    for path in files:
+        info = os.stat(path)
+        stamps[os.path.basename(path)] = (info.st_size, info.st_mtime_ns)
+    return stamps
+
+
+def write_folder_index(directory: str) -> Catalog:
+    """Validate the catalog folder ``directory`` and record it in FOLDER_INDEX (``gradfix
+    index``). Nothing is written when a file has a problem."""
+    loaded = load([directory], include_builtin=False, use_index=False)
+    if not loaded.problems:
+        files = _toml_files(directory)
+        record = {"format": _FOLDER_INDEX_FORMAT, "stamps": _stamps(files),
+                  "entries": [entry.to_dict() for entry in loaded.entries]}
+        partial = os.path.join(directory, FOLDER_INDEX + ".partial")
+        with open(partial, "wb") as handle:
+            marshal.dump(record, handle)
+        os.replace(partial, os.path.join(directory, FOLDER_INDEX))
+    return loaded
+
+
+def _from_folder_index(directory: str, files):
+    """The entries FOLDER_INDEX recorded for ``directory`` if its files are unchanged, else None."""
+    try:
+        with open(os.path.join(directory, FOLDER_INDEX), "rb") as handle:
+            record = marshal.load(handle)
+        if record["format"] != _FOLDER_INDEX_FORMAT or record["stamps"] != _stamps(files):
+            return None
+        return [CatalogEntry(fields, os.path.join(directory, fields["id"] + ".toml")) for fields in record["entries"]]
+    except (OSError, EOFError, ValueError, TypeError, KeyError):
+        return None
 
 
 def load(extra_dirs=(), include_builtin: bool = True, use_index: bool = True) -> Catalog:
@@ -278,8 +347,13 @@ def load(extra_dirs=(), include_builtin: bool = True, use_index: bool = True) ->
         except OSError as exc:
             problems.append(CatalogProblem(directory, None, f"cannot list the catalog folder: {exc}"))
             continue
-        indexed = _from_index(directory, files) if (use_index and include_builtin and number == 0) else None
-        loaded = indexed
+        builtin = include_builtin and number == 0
+        loaded = None
+        if use_index:
+            if builtin:
+                loaded = _from_index(directory, files, shipped=directory == _shipped_dir())
+            else:
+                loaded = _from_folder_index(directory, files)
         if loaded is None:
             loaded = []
             for path in files:

@@ -10,6 +10,7 @@ the command cannot be found).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -47,7 +48,7 @@ def cmd_list(args) -> int:
                 "upstream": list(entry.upstream),
             }
             for entry, status, verdict in rows
-        ], indent=2))
+        ], indent=2), file=args.out)
     elif not rows:
         print("The catalog has no patches.")
     else:
@@ -69,7 +70,7 @@ def cmd_list(args) -> int:
 def cmd_status(args) -> int:
     statuses = engine.activate()
     if args.json:
-        print(json.dumps([s.to_dict() for s in statuses], indent=2))
+        print(json.dumps([s.to_dict() for s in statuses], indent=2), file=args.out)
     elif not statuses:
         print(f"gradfix {__version__}: the catalog has no patches.")
     else:
@@ -83,6 +84,27 @@ def cmd_status(args) -> int:
               "logs at exit say how often each applied patch corrected the buggy path; GRADFIX_LOG=debug "
               "makes every rank log its own lines, and gradfix.ray.worker_status() asks Ray workers.)")
     return ATTENTION if any(s.state in (State.UNSUPPORTED, State.CONFLICT, State.FAILED) for s in statuses) else OK
+
+
+def cmd_index(args) -> int:
+    from . import catalog
+
+    code = OK
+    for folder in args.folders:
+        if not os.path.isdir(folder):
+            print(f"gradfix index: {folder} is not a folder", file=sys.stderr)
+            code = USAGE
+            continue
+        loaded = catalog.write_folder_index(folder)
+        for problem in loaded.problems:
+            print(f"gradfix index: catalog error: {problem}", file=sys.stderr)
+        if loaded.problems:
+            print(f"gradfix index: {folder}: not indexed; fix the errors above and run it again", file=sys.stderr)
+            code = USAGE
+        else:
+            print(f"{os.path.join(folder, catalog.FOLDER_INDEX)}: {len(loaded.entries)} entries; used at start-up "
+                  "while the folder's files are unchanged (run this again after editing them)")
+    return code
 
 
 def cmd_doctor(args) -> int:
@@ -116,7 +138,7 @@ def cmd_run(args) -> int:
 def cmd_verify(args) -> int:
     from . import verify  # imports nothing heavy itself; the runs happen in subprocesses
 
-    return verify.main(args)
+    return verify.main(args, out=args.out)
 
 
 def _call_shapes(text):
@@ -147,6 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="activate in this process and show the patch records")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("index", help="compile GRADFIX_CATALOG_PATH folders for a fast start-up",
+                       description="Validate each catalog folder and record it in FOLDER/gradfix-index.marshal, "
+                       "which start-up reads instead of parsing the TOML files while they are unchanged.")
+    p.add_argument("folders", nargs="+", metavar="FOLDER")
+    p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("doctor", help="check the installation and say what matters here")
     p.set_defaults(func=cmd_doctor)
@@ -193,9 +221,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def _standard_output_for_json():
+    """With --json, standard output holds the JSON document and nothing else: whatever
+    is printed while the command runs (DeepSpeed's accelerator line when an assessment
+    imports it, a C extension's output, a child process's) goes to standard error. Yields
+    the stream the document is written to."""
+    document = sys.stdout
+    sys.stdout.flush()
+    try:
+        out_fd, err_fd = sys.stdout.fileno(), sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # not backed by files (an in-process capture)
+        out_fd = err_fd = None
+    if out_fd is not None:
+        document = os.fdopen(os.dup(out_fd), "w", encoding=getattr(sys.stdout, "encoding", None) or "utf-8")
+        os.dup2(err_fd, out_fd)
+    saved, sys.stdout = sys.stdout, sys.stderr
+    try:
+        yield document
+    finally:
+        sys.stdout = saved
+        document.flush()
+        if out_fd is not None:
+            saved.flush()
+            os.dup2(document.fileno(), out_fd)
+            document.close()
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    if not getattr(args, "json", False):
+        args.out = sys.stdout
+        return args.func(args)
+    with _standard_output_for_json() as args.out:
+        return args.func(args)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,23 +1,27 @@
 """Activation: evaluate each catalog entry, arm a post-import hook, gate, apply.
 
-Flow for one patch: disabled? -> version gate -> load the fix module -> ARMED
--> (target imported) -> code probe -> apply -> APPLIED. Any error becomes a
-state with a reason; nothing raises into the user's program unless strict mode
-asked for it (GradfixStrictError).
+Flow for one patch: disabled? -> version gate -> ARMED on its target module ->
+(target imported) -> load the fix module -> code probe -> apply -> APPLIED. Any
+error becomes a state with a reason; nothing raises into the user's program unless
+strict mode asked for it (GradfixStrictError).
 
-Only the standard library's cheapest modules are imported here; packaging,
-wrapt and the fix modules are imported when a catalog package is installed.
+Activation costs the same whatever the catalog's size: the target of each built-in
+fix comes from the generated index, so a fix module is imported only when the module
+it patches is (an extra catalog entry whose implementation the index does not know
+is loaded at activation, to learn its target). Only the standard library's cheapest
+modules are imported here; packaging and wrapt come with the first fix module.
 """
 
 import atexit
-import importlib
 import sys
 
 from . import catalog as catalog_module
-from . import config, hooks, implementation, profile, report
-from .gates import CodeVerdict, Probe, VersionVerdict, plausibly_affected, version_gate
+from . import config, hooks, report
 from .registry import PatchRecord, Registry, State
 from .versions import installed_versions
+
+# gates, implementation, profile, importlib and gradfix.ray are imported where they are
+# needed: most processes need none of them at activation (the start-up budget is 3 ms).
 
 
 class GradfixStrictError(RuntimeError):
@@ -60,10 +64,13 @@ def is_active() -> bool:
     return _active
 
 
-def _install_ray_support(module) -> None:
-    from . import ray as ray_support  # here: `import gradfix` stays light
+def _on_ray_imported(_module) -> None:
+    """Ray's own package is imported first: hook ray.init and the job SDK from here (each
+    at once when it already is), so that `import gradfix` never loads gradfix.ray."""
+    from . import ray as ray_support
 
-    ray_support.install_ray_init(module)
+    for name in (*ray_support.RAY_INIT_MODULES, ray_support.RAY_JOB_SDK):
+        hooks.when_imported(name, ray_support.install_ray_init)
 
 
 def _register_ray_hooks() -> None:
@@ -73,10 +80,7 @@ def _register_ray_hooks() -> None:
     if _ray_hooks_registered:
         return
     _ray_hooks_registered = True
-    from .ray import RAY_INIT_MODULES, RAY_JOB_SDK
-
-    for name in (*RAY_INIT_MODULES, RAY_JOB_SDK):
-        hooks.when_imported(name, _install_ray_support)
+    hooks.when_imported("ray", _on_ray_imported)
 
 
 def activate():
@@ -99,6 +103,7 @@ def activate():
         _atexit_registered = True
 
     versions = installed_versions({entry.package for entry in catalog.entries})
+    _found.clear()
     with REGISTRY.lock:
         for entry in catalog.entries:
             record = REGISTRY.record_for(entry)
@@ -125,20 +130,26 @@ def activate():
     return statuses
 
 
+_found = {}  # top-level module -> importable, for one activation (every entry of a package asks)
+
+
 def _importable(module_name: str) -> bool:
     """Whether a top-level module can be found, without importing it."""
     if module_name in sys.modules:
         return True
-    return any(
-        getattr(finder, "find_spec", None) and finder.find_spec(module_name, None) is not None
-        for finder in sys.meta_path
-    )
+    if module_name not in _found:
+        _found[module_name] = any(
+            getattr(finder, "find_spec", None) and finder.find_spec(module_name, None) is not None
+            for finder in sys.meta_path
+        )
+    return _found[module_name]
 
 
 def _version_gate(record, settings) -> bool:
     """Decide what can be decided before the target is imported (``installed_version``
-    already set). Returns True when the patch should be armed (``record.fix`` is
-    then loaded); otherwise sets the state."""
+    already set). Returns True when the patch should be armed (``record.target`` is
+    then set; the fix module is loaded when the target is imported); otherwise sets
+    the state."""
     entry, version = record.entry, record.installed_version
     record.package_present = True
     if settings.killed:
@@ -147,32 +158,69 @@ def _version_gate(record, settings) -> bool:
     if settings.is_disabled(entry.id):
         record.set(State.DISABLED, "disabled by GRADFIX_DISABLE")
         return False
-    outside_profile = profile.exclusion(entry, settings.profile)
-    if outside_profile:
-        record.set(State.DISABLED, outside_profile)
-        return False
+    if settings.profile is not None:
+        from .profile import exclusion
+
+        outside_profile = exclusion(entry, settings.profile)
+        if outside_profile:
+            record.set(State.DISABLED, outside_profile)
+            return False
     if version is not None:
+        from .gates import VersionVerdict, version_gate
+
         record.version_verdict = version_gate(version, entry.affected_set)
         if record.version_verdict == VersionVerdict.UNAFFECTED:
             record.set(State.NOT_NEEDED, f"{entry.package} {version} is outside the affected range {entry.affected}")
             return False
-    try:
-        fix = record.fix = record.fix or implementation.load(entry.implementation)
-    except implementation.ImplementationError as exc:
-        record.set(State.FAILED, str(exc))
+    if not _learn_target(record):
         return False
     if version is None:
         # No distribution metadata: a plain source checkout may still be importable.
-        record.version_verdict = VersionVerdict.UNCERTAIN
-        record.package_present = _importable(fix.target.partition(".")[0])
+        record.package_present = _importable(record.target.partition(".")[0])
         if not record.package_present:
             record.set(State.NOT_NEEDED, f"{entry.package} is not installed")
             return False
+        from .gates import VersionVerdict
+
+        record.version_verdict = VersionVerdict.UNCERTAIN
+    return True
+
+
+def _learn_target(record) -> bool:
+    """Set ``record.target``: from the index, else by loading the fix module (an extra
+    catalog entry with an implementation the index does not know)."""
+    if record.target is None:
+        record.target = record.entry.target
+    if record.target is None:
+        if not _load_fix(record):
+            return False
+        record.target = record.fix.target
+    return True
+
+
+def _load_fix(record) -> bool:
+    """Import the fix module (once). Sets FAILED and returns False when it cannot be
+    used, or when it patches another module than the index says (a stale index)."""
+    if record.fix is not None:
+        return True
+    from . import implementation
+
+    try:
+        fix = implementation.load(record.entry.implementation)
+    except implementation.ImplementationError as exc:
+        record.set(State.FAILED, str(exc))
+        return False
+    if record.target is not None and fix.target != record.target:
+        record.set(State.FAILED, f"{record.entry.implementation} patches {fix.target}, but gradfix's catalog "
+                   f"index says {record.target}: the index is out of date (`python -m gradfix._generate` "
+                   "in a checkout, or reinstall gradfix)")
+        return False
+    record.fix = fix
     return True
 
 
 def _arm(record) -> None:
-    entry, target = record.entry, record.fix.target
+    entry, target = record.entry, record.target
     record.set(State.ARMED, f"waiting for {target} to be imported")
     report.debug(f"gradfix: {entry.id} armed ({target})")
     if not record.hook_registered:
@@ -185,6 +233,8 @@ def _arm(record) -> None:
 def _code_gate(record, module):
     """Probe the imported target. Returns the probe's detail when the code is the
     known buggy code (apply the fix), else sets the record's state and returns None."""
+    from .gates import CodeVerdict, Probe, VersionVerdict, plausibly_affected
+
     entry, fix = record.entry, record.fix
     package = f"{entry.package} {record.installed_version or '(no version metadata)'}"
     try:
@@ -225,7 +275,7 @@ def _on_target_imported(patch_id: str, module) -> None:
             record = REGISTRY.get(patch_id)
             if record is None or record.state != State.ARMED:
                 return  # deactivated or disabled since the hook was armed
-            detail = _code_gate(record, module)
+            detail = _code_gate(record, module) if _load_fix(record) else None
             if detail is not None:
                 _apply(record, module, detail)
             status = record.snapshot()
@@ -271,13 +321,15 @@ def _apply(record, module, detail: str) -> None:
 def assess(entry, settings):
     """What activation would do with ``entry`` in this environment. Patches
     nothing itself; imports the target module to run the code probe."""
+    import importlib
+
     record = PatchRecord(entry)
     record.installed_version = installed_versions([entry.package])[entry.package]
-    if _version_gate(record, settings):
+    if _version_gate(record, settings) and _load_fix(record):
         try:
-            module = importlib.import_module(record.fix.target)
+            module = importlib.import_module(record.target)
         except Exception as exc:
-            record.set(State.FAILED, f"cannot import {record.fix.target}: {type(exc).__name__}: {exc}")
+            record.set(State.FAILED, f"cannot import {record.target}: {type(exc).__name__}: {exc}")
         else:
             live = REGISTRY.get(entry.id)  # the import may have fired this process's own hook
             if live is not None and live.state == State.APPLIED:

@@ -60,7 +60,8 @@ class PatchRecord:
         self.state = None
         self.reason = ""
         self.version_verdict = None
-        self.fix = None
+        self.target = None  # the module whose import applies the patch
+        self.fix = None  # the fix module, loaded when the target is imported
         self.patcher = None
         self.hook_registered = False
 

@@ -9,6 +9,9 @@ import os
 import sys
 
 _SUFFIXES = (".dist-info", ".egg-info")
+# The standard library's folders hold no distribution metadata; listing them would be
+# most of the time this module takes.
+_STANDARD_LIBRARY = {os.path.dirname(os.__file__), os.path.join(os.path.dirname(os.__file__), "lib-dynload")}
 
 
 def normalise(name: str) -> str:
@@ -45,6 +48,8 @@ def installed_versions(distributions) -> dict:
     wanted = {normalise(name): name for name in distributions}
     found = {}
     for entry in sys.path:
+        if entry in _STANDARD_LIBRARY:
+            continue
         try:
             names = os.listdir(entry or os.curdir)
         except OSError:  # missing folder, zip file

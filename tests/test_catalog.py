@@ -141,3 +141,29 @@ def test_coverage_check_finds_both_directions(tmp_path):
     ghost = catalog.load_file(write(tmp_path, dict(VALID, implementation="gftoy_fixes.ghost")))
     problems = implementation.coverage_problems([ghost], "gftoy_fixes")
     assert any("cannot import gftoy_fixes.ghost" in p for p in problems)
+
+
+def test_folder_index_is_used_while_the_files_are_unchanged(tmp_path, run_python):
+    """`gradfix index FOLDER`: start-up reads the recorded entries instead of parsing TOML
+    (tomllib is not even imported), and parses again as soon as a file changes."""
+    folder = tmp_path / "extra"
+    folder.mkdir()
+    write(folder, VALID)
+    assert catalog.write_folder_index(str(folder)).problems == ()
+    probe = ("import sys\nimport gradfix\nfrom gradfix import catalog\n"
+             "entry = next(e for e in catalog.load([sys.argv[1]], include_builtin=False).entries)\n"
+             "print('SUMMARY', repr(entry.summary))\nprint('TOML', 'tomllib' in sys.modules)\n")
+    indexed = run_python(None, argv=["-c", probe, str(folder)], catalogs=(folder,))
+    assert indexed.value("SUMMARY") == "s" and indexed.value("TOML") is False
+
+    write(folder, dict(VALID, summary="changed"))  # not re-indexed: the index no longer matches
+    parsed = run_python(None, argv=["-c", probe, str(folder)], catalogs=(folder,))
+    assert parsed.value("SUMMARY") == "changed" and parsed.value("TOML") is True
+
+
+def test_folder_with_errors_is_not_indexed(tmp_path):
+    folder = tmp_path / "extra"
+    folder.mkdir()
+    write(folder, dict(VALID, affected="not a specifier"))
+    assert catalog.write_folder_index(str(folder)).problems
+    assert not (folder / catalog.FOLDER_INDEX).exists()

@@ -107,3 +107,15 @@ def test_run_passes_the_exit_code_and_reports_missing_commands(run_python):
 def test_usage_errors_exit_2(run_python):
     assert gradfix(run_python).returncode == 2
     assert gradfix(run_python, "frobnicate").returncode == 2
+
+
+def test_index_command(run_python, tmp_path):
+    folder = tmp_path / "extra"
+    folder.mkdir()
+    for path in toy.CATALOG.glob("*.toml"):
+        (folder / path.name).write_text(path.read_text())
+    result = gradfix(run_python, "index", str(folder))
+    assert result.returncode == 0, result.stderr
+    assert "gradfix-index.marshal" in result.stdout and (folder / "gradfix-index.marshal").exists()
+    missing = gradfix(run_python, "index", str(tmp_path / "nowhere"))
+    assert missing.returncode == 2 and "is not a folder" in missing.stderr

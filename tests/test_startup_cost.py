@@ -19,3 +19,45 @@ def test_packages_are_imported_only_when_a_catalog_package_is_installed(run_pyth
     # wrapt still is not (it comes with the first patch actually applied).
     new = run_python(CODE, catalogs=(toy.CATALOG,)).value("NEW")
     assert "packaging" in new and "wrapt" not in new
+
+
+STATES = "print('STATES', {s.id: [s.state, s.reason] for s in gradfix.status()})\n"
+
+
+def fix_modules(new_modules):
+    return [name for name in new_modules if name.startswith("gradfix.fixes")]
+
+
+def test_no_fix_module_is_loaded_for_frameworks_that_are_not_installed(run_python):
+    """Every built-in patch is evaluated from the catalog index: none of its frameworks is
+    installed here, so none of its fix modules is imported, and each says why."""
+    result = run_python(CODE + STATES, toy_release=None, catalogs=())
+    assert fix_modules(result.value("NEW")) == []
+    states = result.value("STATES")
+    assert len(states) >= 31 and {state for state, _ in states.values()} == {"not_needed"}
+    assert states["ds-zero2-offload-ga"][1] == "deepspeed is not installed"
+
+
+def test_an_installed_framework_is_armed_without_loading_its_fixes(run_python, tmp_path):
+    """DeepSpeed 0.16.4 installed (its metadata) but not imported: its patches are armed on
+    their target modules, and no fix module is imported until a target is."""
+    metadata = tmp_path / "site" / "deepspeed-0.16.4.dist-info"
+    metadata.mkdir(parents=True)
+    (metadata / "METADATA").write_text("Metadata-Version: 2.1\nName: deepspeed\nVersion: 0.16.4\n\n")
+    result = run_python(CODE + STATES, toy_release=None, catalogs=(), extra_paths=[tmp_path / "site"])
+    assert fix_modules(result.value("NEW")) == []
+    state, reason = result.value("STATES")["ds-zero2-offload-ga"]
+    assert state == "armed" and reason == "waiting for deepspeed.runtime.zero.stage_1_and_2 to be imported"
+
+
+def test_a_stale_index_target_fails_the_patch_with_what_to_do(run_python):
+    """A fix module that patches another module than the index says (an index not
+    regenerated after a fix changed) is not applied on the index's word."""
+    check = ("from gradfix import catalog, engine\nfrom gradfix.registry import PatchRecord\n"
+             "entry = next(e for e in catalog.load().entries if e.id == 'ds-zero2-offload-ga')\n"
+             "record = PatchRecord(entry)\nrecord.target = 'deepspeed.somewhere_else'\n"
+             "print('LOADED', engine._load_fix(record))\nprint('REASON', repr(record.reason))\n")
+    result = run_python(check, toy_release=None, catalogs=())
+    assert result.value("LOADED") is False
+    reason = result.value("REASON")
+    assert "the index is out of date" in reason and "python -m gradfix._generate" in reason
