@@ -433,7 +433,9 @@ def transformers(session):
     newest = dict(pin.split("==") for pin in TRANSFORMERS_NEWEST)
     transformers_releases = {r: str(CACHE / "transformers" / f"tf-{r}") for r in TRANSFORMERS_RELEASES}
     trl_releases = {release: str(CACHE / "trl" / f"trl-{release}") for release in TRL_RELEASES}
-    run_release_tests(session, "tests/transformers_releases", ["-q", "-n", str(min(os.cpu_count() or 1, 2))], env={
+    # loadgroup: a release's tests share one xdist worker, so each planned launch runs once (tfrun.plan)
+    run_release_tests(session, "tests/transformers_releases",
+                      ["-q", "-n", str(min(os.cpu_count() or 1, 2)), "--dist", "loadgroup"], env={
         "GRADFIX_TF_RELEASES": json.dumps({**transformers_releases, newest["transformers"]: ""}),
         "GRADFIX_TRL_RELEASES": json.dumps({**trl_releases, newest["trl"]: ""}),
         "GRADFIX_TRL_CUSTOM_LOSS_RELEASES": json.dumps(

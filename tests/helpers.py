@@ -1,10 +1,12 @@
 """Small helpers shared by the test modules."""
 
+import json
 import os
 import re
 import signal
 import socket
 import subprocess
+import time
 import warnings
 from pathlib import Path
 
@@ -72,13 +74,30 @@ def run_job(argv, **options):
     100 repetitions of that job on a loaded 2-core machine did not show it). The jobs are
     deterministic, so a real failure fails the second time as well, and a Python error
     or a failed check ends a job with a status, which is never retried."""
-    proc = subprocess.run(argv, capture_output=True, text=True, **options)
+    proc = _timed_run(argv, options)
     number = killed_by(proc)
     if number is not None:
         # A warning, so that pytest's summary shows every retry, green runs included.
         warnings.warn(f"job ended by {signal.Signals(number).name}, run once more: {argv}\n"
                       f"{failure_output(proc)}", RuntimeWarning, stacklevel=2)
-        proc = subprocess.run(argv, capture_output=True, text=True, **options)
+        proc = _timed_run(argv, options)
+    return proc
+
+
+def _timed_run(argv, options):
+    """subprocess.run; with GRADFIX_TEST_JOB_LOG set, one JSON line per job appended to
+    that file (the job, its seconds and the test that ran it), to find where the
+    release sessions spend their time and which jobs run twice."""
+    started = time.monotonic()
+    proc = subprocess.run(argv, capture_output=True, text=True, **options)
+    log = os.environ.get("GRADFIX_TEST_JOB_LOG")
+    if log:
+        env = options.get("env") or {}
+        line = {"seconds": round(time.monotonic() - started, 1), "ended": round(time.time(), 1),
+                "worker": os.environ.get("PYTEST_XDIST_WORKER", ""), "test": os.environ.get("PYTEST_CURRENT_TEST", ""),
+                "argv": [str(a) for a in argv], "GRADFIX": env.get("GRADFIX"), "PYTHONPATH": env.get("PYTHONPATH")}
+        with open(log, "a") as stream:
+            stream.write(json.dumps(line) + "\n")
     return proc
 
 

@@ -46,24 +46,24 @@ def release_env(release, deepspeed, **extra):
                      TORCH_EXTENSIONS_DIR=str(cache() / "deepspeed" / f"ext-{deepspeed}"), **extra)
 
 
-@functools.lru_cache(maxsize=None)
 def sft(release, patched, deepspeed=None, world=1, disable=None, **options):
     """One SFT run through OpenRLHF's CLI. ``patched`` False: GRADFIX=0 (gradfix not
     even imported). ``options`` are sft_run.py flags (``adam_offload=True``,
     ``epochs=2``...); the reference is always computed."""
-    return run(SFT_RUNNER, release, patched, deepspeed, world, disable, options)
+    return run(SFT_RUNNER, release, patched, deepspeed or stacks()[release], world, disable,
+               tuple(sorted(options.items())))
 
 
-@functools.lru_cache(maxsize=None)
 def ppo(release, patched, deepspeed=None, world=1, disable=None, **options):
     """One PPO actor or critic training phase (ppo_run.py; ``role="critic"``), as ``sft``."""
-    return run(PPO_RUNNER, release, patched, deepspeed, world, disable, options)
+    return run(PPO_RUNNER, release, patched, deepspeed or stacks()[release], world, disable,
+               tuple(sorted(options.items())))
 
 
+@functools.lru_cache(maxsize=None)  # one run for every spelling of the same arguments
 def run(runner, release, patched, deepspeed, world, disable, options):
-    deepspeed = deepspeed or stacks()[release]
     flags = ["--reference"]
-    for name, value in sorted(options.items()):
+    for name, value in options:
         flag = "--" + name.replace("_", "-")
         flags += [flag] if value is True else [flag, str(value)]
     launcher = [sys.executable]

@@ -9,15 +9,17 @@ steps_per_generation. And this process's gradfix report.
 
     python -m torch.distributed.run --nproc_per_node 1 grpo_worker.py OUT --loss-type dapo \
         --steps-per-generation 4 --accumulation 2 [--mask-truncated]
+    python -m torch.distributed.run --nproc_per_node 1 grpo_worker.py OUT --jobs JOBS.json
+
+With --jobs, as trainer_worker.py: each option list of JOBS.json in turn, one result each.
 """
 
 import argparse
 import copy
-import json
 import tempfile
 
 import torch
-from trainer_worker import LEARNING_RATE, VOCABULARY, shut_down, tiny_model
+from trainer_worker import LEARNING_RATE, VOCABULARY, serve, shut_down, tiny_model
 
 
 def tokenizer():
@@ -71,19 +73,23 @@ def reward_length(completions, **kwargs):
     return [float(len(c.split())) for c in completions]
 
 
-def main():
+def parse(argv):
     parser = argparse.ArgumentParser()
-    parser.add_argument("out")
     parser.add_argument("--loss-type", default="dapo")
     parser.add_argument("--steps-per-generation", type=int, default=4)
     parser.add_argument("--accumulation", type=int, default=2)
     parser.add_argument("--mask-truncated", action="store_true")
-    options = parser.parse_args()
+    return parser.parse_args(argv)
 
+
+def train(options):
+    """One GRPO optimizer step; its result on rank 0 (None on the other ranks)."""
+    import gradfix
     import trl
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
+    hits_before = {s.id: s.hits for s in gradfix.status()}
     model = tiny_model()
     ids = [[2 + (i * 7 + j) % (VOCABULARY - 2) for j in range(3)] for i in range(16)]
     raise_end_of_sequence(model, torch.tensor(ids))
@@ -109,22 +115,20 @@ def main():
     squares = sum((r ** 2).sum() for r in reference)
     error = torch.sqrt(sum(((a - r) ** 2).sum() for a, r in zip(applied, reference)) / squares).item()
     scale = (sum((a * r).sum() for a, r in zip(applied, reference)) / squares).item()
-    if trainer.args.process_index == 0:
-        import gradfix
-
-        with open(options.out, "w") as stream:
-            json.dump({
-                "trl": trl.__version__,
-                "update_error": error,
-                "update_scale": scale,
-                "update": [a.flatten()[:32].tolist() for a in applied],
-                "num_items_in_batch": [float(b["num_items_in_batch"]) for b in batch if "num_items_in_batch" in b],
-                "completion_tokens": [float(b["completion_mask"].sum()) for b in batch],
-                "truncated": sum(int(b["completion_mask"].sum(1).eq(0).sum()) for b in batch),
-                "gradfix": {s.id: {"state": str(s.state), "hits": s.hits} for s in gradfix.status()},
-            }, stream, indent=1)
+    if trainer.args.process_index != 0:
+        return None
+    return {
+        "trl": trl.__version__,
+        "update_error": error,
+        "update_scale": scale,
+        "update": [a.flatten()[:32].tolist() for a in applied],
+        "num_items_in_batch": [float(b["num_items_in_batch"]) for b in batch if "num_items_in_batch" in b],
+        "completion_tokens": [float(b["completion_mask"].sum()) for b in batch],
+        "truncated": sum(int(b["completion_mask"].sum(1).eq(0).sum()) for b in batch),
+        "gradfix": {s.id: {"state": str(s.state), "hits": s.hits - hits_before.get(s.id, 0)} for s in gradfix.status()},
+    }
 
 
 if __name__ == "__main__":
-    main()
+    serve(train, parse)
     shut_down()

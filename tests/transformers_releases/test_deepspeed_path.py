@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 from helpers import tiered
-from tfrun import BUG, MATCH, NOT_CONFIGURED, affected, deepspeed_folder, releases, run_worker, states, train
+from tfrun import (BUG, MATCH, NOT_CONFIGURED, affected, deepspeed_folder, plan, releases, run_worker, states, train,
+                   xdist_group)
 
 pytestmark = pytest.mark.skipif(not releases(), reason=NOT_CONFIGURED)
 
@@ -23,11 +24,19 @@ def in_matrix(*candidates):
     return [release for release in candidates if release in releases()]
 
 
+def grouped(releases_):
+    return [xdist_group(release) for release in releases_]
+
+
 def run(release, patched, *options, ranks=1):
     return train(release, patched, *options, ranks=ranks, deepspeed=DEEPSPEED)
 
 
-@pytest.mark.parametrize("release", in_matrix(*tiered(("4.46.2",), full=("4.48.3",))))  # 4.48.3: below
+WINDOW_NORMALISED = in_matrix(*tiered(("4.46.2",), full=("4.48.3",)))  # 4.48.3: below
+plan(WINDOW_NORMALISED, ONE_RANK, ranks=1, deepspeed=DEEPSPEED)
+
+
+@pytest.mark.parametrize("release", grouped(WINDOW_NORMALISED))
 def test_window_normalised_loss_is_divided_once(release):
     unpatched = run(release, False, *ONE_RANK)
     assert abs(unpatched["update_scale"] - 0.25) < MATCH, unpatched  # divided by GA = 4 once too often
@@ -36,19 +45,24 @@ def test_window_normalised_loss_is_divided_once(release):
     assert patched["gradfix"][PATCH] | {"reason": ""} == {"state": "applied", "hits": 4, "reason": ""}
 
 
-def test_4_48_3_micro_batch_mean_is_divided_once():
+plan(in_matrix("4.48.3", "4.51.3"), (*ONE_RANK, "--micro-batch-mean"), ranks=1, deepspeed=DEEPSPEED)
+
+
+@pytest.mark.parametrize("release", grouped(in_matrix("4.48.3")))
+def test_4_48_3_micro_batch_mean_is_divided_once(release):
     """4.48 divides the micro-batch mean of a model without loss keyword arguments by
     GA itself, and DeepSpeed divides again (1/GA^2); the fixed releases divide once."""
-    if "4.48.3" not in releases():
-        pytest.skip("4.48.3 is not in the matrix")
-    unpatched = run("4.48.3", False, *ONE_RANK, "--micro-batch-mean")
+    unpatched = run(release, False, *ONE_RANK, "--micro-batch-mean")
     assert unpatched["model_accepts_loss_kwargs"] is False
     assert abs(unpatched["update_scale"] - 0.25) < MATCH, unpatched
-    patched = run("4.48.3", True, *ONE_RANK, "--micro-batch-mean")
+    patched = run(release, True, *ONE_RANK, "--micro-batch-mean")
     assert patched["update_error"] < MATCH, patched
 
 
-@pytest.mark.parametrize("release", in_matrix("4.51.3"))
+plan(in_matrix("4.51.3"), ONE_RANK, ranks=1, deepspeed=DEEPSPEED)
+
+
+@pytest.mark.parametrize("release", grouped(in_matrix("4.51.3")))
 @pytest.mark.parametrize("model", ["", "--micro-batch-mean"])
 def test_fixed_release_is_left_untouched(release, model):
     options = (*ONE_RANK, model) if model else ONE_RANK
@@ -65,7 +79,7 @@ def test_fixed_release_is_left_untouched(release, model):
 HOOKS_DEEPSPEED = "0.19.2"
 
 
-@pytest.mark.parametrize("release", in_matrix(*tiered(("4.46.2",), full=("4.51.3",))))
+@pytest.mark.parametrize("release", grouped(in_matrix(*tiered(("4.46.2",), full=("4.51.3",)))))
 def test_model_output_on_deepspeed_with_output_hooks(release):
     unpatched = train(release, False, *ONE_RANK, ranks=1, deepspeed=HOOKS_DEEPSPEED)
     patched = train(release, True, *ONE_RANK, ranks=1, deepspeed=HOOKS_DEEPSPEED)
@@ -79,7 +93,7 @@ def test_model_output_on_deepspeed_with_output_hooks(release):
         assert patched["update_error"] == unpatched["update_error"]
 
 
-@pytest.mark.parametrize("release", in_matrix("4.48.3"))
+@pytest.mark.parametrize("release", grouped(in_matrix("4.48.3")))
 def test_two_ranks_zero2(release):
     """Both transformers bugs at once (ranks weighted equally, GA divided twice): ZeRO-2 on two ranks."""
     unpatched = run(release, False, "--zero-stage", "2", ranks=2)
@@ -94,8 +108,14 @@ def test_two_ranks_zero2(release):
 SHORT_WINDOW = ("--micro-batch-mean", "--accumulation", "4", "--sequences", "3", "--zero-stage", "2")
 
 
-@pytest.mark.parametrize("release,model", [(r, m) for r, m in tiered((("4.51.3", "llama"),), full=(("4.48.3", "gpt2"),))
-                                           if r in releases()])
+SHORT_WINDOW_RUN = [(r, m) for r, m in tiered((("4.51.3", "llama"),), full=(("4.48.3", "gpt2"),)) if r in releases()]
+for release_, model_ in SHORT_WINDOW_RUN:
+    plan([release_], (*SHORT_WINDOW, "--architecture", model_), ranks=1, deepspeed=DEEPSPEED)
+plan(in_matrix("4.54.0"), SHORT_WINDOW, ranks=1, deepspeed=DEEPSPEED)
+
+
+@pytest.mark.parametrize("release,model", [pytest.param(r, m, marks=pytest.mark.xdist_group(f"transformers-{r}"))
+                                           for r, m in SHORT_WINDOW_RUN])
 def test_short_last_window_is_stepped(release, model):
     """accelerate-deepspeed-short-window: three micro-batches in the epoch's only window
     (GA 4); accelerate < 1.8 (these folders hold 1.3.0 and 1.6.0) leaves the engine
@@ -110,7 +130,7 @@ def test_short_last_window_is_stepped(release, model):
     assert patched["gradfix"]["hf-partial-window-ga-divisor"]["hits"] == 3
 
 
-@pytest.mark.parametrize("release", in_matrix("4.54.0"))
+@pytest.mark.parametrize("release", grouped(in_matrix("4.54.0")))
 def test_short_last_window_with_fixed_accelerate(release):
     """With accelerate >= 1.8.0 (4.54.0's folder holds 1.9.0) the engine steps at the end
     of a short window; Trainer's micro-batch mean must still be divided by its size."""
@@ -121,7 +141,7 @@ def test_short_last_window_with_fixed_accelerate(release):
     assert patched["gradfix"]["accelerate-deepspeed-short-window"]["state"] == "not_needed"
 
 
-@pytest.mark.parametrize("release", in_matrix("4.51.3"))
+@pytest.mark.parametrize("release", grouped(in_matrix("4.51.3")))
 def test_plain_accelerate_loop_keeps_the_engine_count(release):
     """A script without accelerator.accumulate relies on the engine's own count: gradfix
     must not tell the engine where windows end there (accelerate 1.6.0 in this folder)."""

@@ -7,14 +7,13 @@ release here generates the same completions (same seed, same sampling code), so 
 runs differ only in their normalisation.
 """
 
-import functools
 import json
 import os
 from pathlib import Path
 
 import pytest
 from helpers import tiered
-from tfrun import BUG, MATCH, affected, run_worker, states
+from tfrun import BUG, MATCH, affected, plan_jobs, run_planned, states
 
 WORKER = Path(__file__).resolve().parent / "grpo_worker.py"
 WINDOW, TRUNCATED = "trl-grpo-window-normaliser", "trl-grpo-truncated-denominator"
@@ -36,17 +35,29 @@ def matrix(patch=None):
     return sorted(chosen, key=Version)
 
 
-@functools.lru_cache(maxsize=None)
 def grpo(release, patched, *options, ranks=1):
-    result = run_worker(WORKER, [releases()[release]], patched, options, ranks=ranks)
+    result = run_planned(WORKER, [releases()[release]], patched, options, ranks=ranks)
     assert result["trl"] == release
     return result
 
 
+def plan(releases_, *option_lists):
+    """Train these one-rank runs of a release in one process (tfrun.plan_jobs)."""
+    for release in releases_:
+        plan_jobs(WORKER, [releases()[release]], option_lists)
+
+
+def grouped(releases_):
+    return [pytest.param(release, marks=pytest.mark.xdist_group(f"trl-{release}")) for release in releases_]
+
+
 # CI: the oldest affected release (the transformers 4 line), the newest affected one and the
 # first fixed one; the full tier adds 1.8.0 and the newest release.
-@pytest.mark.parametrize("release", [r for r in matrix() if r in tiered(("0.22.2", "1.9.0", "1.9.1"),
-                                                                        full=("1.8.0", *matrix()[-1:]))])
+WINDOW_RUN = [r for r in matrix() if r in tiered(("0.22.2", "1.9.0", "1.9.1"), full=("1.8.0", *matrix()[-1:]))]
+plan(WINDOW_RUN, SPLIT)
+
+
+@pytest.mark.parametrize("release", grouped(WINDOW_RUN))
 def test_window_normaliser(release):
     unpatched, patched = grpo(release, False, *SPLIT), grpo(release, True, *SPLIT)
     if WINDOW in affected(release, "trl"):
@@ -64,8 +75,12 @@ def test_window_normaliser(release):
 
 # CI: the newest affected release and the first fixed one (1.9.1: 1.9.0 still has the window
 # bug, which this run would also show); the full tier adds the oldest and the newest release.
-@pytest.mark.parametrize("release", [r for r in matrix() if r in tiered((*matrix(TRUNCATED)[-1:], "1.9.1"),
-                                                                        full=(*matrix(TRUNCATED)[:1], *matrix()[-1:]))])
+TRUNCATED_RUN = [r for r in matrix() if r in tiered((*matrix(TRUNCATED)[-1:], "1.9.1"),
+                                                   full=(*matrix(TRUNCATED)[:1], *matrix()[-1:]))]
+plan(TRUNCATED_RUN, (*SPLIT, "--mask-truncated"))
+
+
+@pytest.mark.parametrize("release", grouped(TRUNCATED_RUN))
 def test_truncated_completions_leave_the_denominator(release):
     options = (*SPLIT, "--mask-truncated")
     unpatched, patched = grpo(release, False, *options), grpo(release, True, *options)
@@ -79,17 +94,21 @@ def test_truncated_completions_leave_the_denominator(release):
         assert unpatched["update_error"] == patched["update_error"]
 
 
-@pytest.mark.parametrize("release", matrix(WINDOW)[:1])
+ONE_WINDOW = ("--steps-per-generation", "2", "--accumulation", "2")
+plan(matrix(WINDOW)[:1], ONE_WINDOW)
+
+
+@pytest.mark.parametrize("release", grouped(matrix(WINDOW)[:1]))
 def test_one_window_per_generation_is_left_alone(release):
     """steps_per_generation == gradient_accumulation_steps: the count already spans one window."""
-    options = ("--steps-per-generation", "2", "--accumulation", "2")
+    options = ONE_WINDOW
     unpatched, patched = grpo(release, False, *options), grpo(release, True, *options)
     assert unpatched["update_error"] < MATCH
     assert patched["update"] == unpatched["update"]
     assert patched["gradfix"][WINDOW] == {"state": "applied", "hits": 0}
 
 
-@pytest.mark.parametrize("release", [r for r in matrix(TRUNCATED) if not r.startswith("0.")][:1])
+@pytest.mark.parametrize("release", grouped(r for r in matrix(TRUNCATED) if not r.startswith("0."))[:1])
 def test_two_ranks_match_the_fixed_release(release):
     """Two data-parallel ranks (the truncated-token recount is gathered over ranks): the
     patched release applies exactly the update of the first fixed release, 1.9.1, to the

@@ -8,7 +8,7 @@ without gradfix.
 
 import pytest
 from helpers import tiered
-from tfrun import BUG, MATCH, NOT_CONFIGURED, affected, matrix, releases, states, train
+from tfrun import BUG, MATCH, NOT_CONFIGURED, affected, matrix, plan, releases, states, train, xdist_group
 
 pytestmark = pytest.mark.skipif(not releases(), reason=NOT_CONFIGURED)
 
@@ -21,9 +21,18 @@ TWO_RANK_PATCHES = {"hf-dp-token-average", "hf-ddp-no-sync-inverted", "hf-num-it
 NEWEST = matrix()[-1:]
 DEFAULT_RUN = [r for r in matrix() if r in tiered(("4.46.2", "4.48.0", "4.53.3", "4.54.0"),
                                                    full=("4.48.3", "4.51.3", *NEWEST))]
+TOKEN_AVERAGE_NEWEST = [r for r in matrix() if "hf-dp-token-average" in affected(r)][-1:]
+CUSTOM_LOSS = [r for r in ("4.48.3", "4.51.3") if r in releases()]
+plan(DEFAULT_RUN, ())
+plan(TOKEN_AVERAGE_NEWEST, ("--average-tokens", "false"))
+plan(CUSTOM_LOSS, ("--custom-loss",), ("--custom-loss", "--average-tokens", "true"))
 
 
-@pytest.mark.parametrize("release", DEFAULT_RUN)
+def grouped(releases_):
+    return [xdist_group(release) for release in releases_]
+
+
+@pytest.mark.parametrize("release", grouped(DEFAULT_RUN))
 def test_unpatched_release(release):
     """The test sees the bug: affected releases miss the global token mean, fixed ones match it."""
     result = train(release, False)
@@ -34,7 +43,7 @@ def test_unpatched_release(release):
         assert result["average_tokens_across_devices"] is True
 
 
-@pytest.mark.parametrize("release", DEFAULT_RUN)
+@pytest.mark.parametrize("release", grouped(DEFAULT_RUN))
 def test_gradfix_matches_the_global_token_mean(release):
     result = train(release, True)
     assert result["update_error"] < MATCH, result
@@ -46,14 +55,14 @@ def test_gradfix_matches_the_global_token_mean(release):
     assert states(result, patches - expected) == {pid: "not_needed" for pid in patches - expected}
     if "hf-dp-token-average" in expected:
         assert result["gradfix"]["hf-dp-token-average"]["hits"] == 1
-        assert "average_tokens_across_devices=True (the default from transformers 4.54.0)" in result["output"]
+        assert "average_tokens_across_devices=True (the default from transformers 4.54.0)" in result["log"]
     if "hf-num-items-not-passed" in expected:
         assert result["gradfix"]["hf-num-items-not-passed"]["hits"] == 2  # both micro-batches of the window
     if "hf-ddp-no-sync-inverted" in expected:
         assert result["gradfix"]["hf-ddp-no-sync-inverted"]["hits"] > 0
 
 
-@pytest.mark.parametrize("release", [r for r in DEFAULT_RUN if not affected(r) & TWO_RANK_PATCHES])
+@pytest.mark.parametrize("release", grouped(r for r in DEFAULT_RUN if not affected(r) & TWO_RANK_PATCHES))
 def test_fixed_release_left_untouched(release):
     """Same update with and without gradfix; nothing outside the release's affected
     ranges is patched, and nothing is corrected in this run."""
@@ -64,25 +73,24 @@ def test_fixed_release_left_untouched(release):
                for pid, state in patched["gradfix"].items() if pid.startswith("hf-"))
 
 
-def test_4_46_2_ranks_drift_without_gradfix():
+@pytest.mark.parametrize("release", grouped(r for r in ("4.46.2",) if r in DEFAULT_RUN))
+def test_4_46_2_ranks_drift_without_gradfix(release):
     """4.46.2 keeps the last micro-batch of a window local: the ranks end with different weights."""
-    if "4.46.2" not in releases():
-        pytest.skip("4.46.2 is not in the matrix")
-    assert train("4.46.2", False)["rank_divergence"] > 0
-    assert train("4.46.2", True)["rank_divergence"] == 0
+    assert train(release, False)["rank_divergence"] > 0
+    assert train(release, True)["rank_divergence"] == 0
 
 
-@pytest.mark.parametrize("release", [r for r in matrix() if "hf-dp-token-average" in affected(r)][-1:])
+@pytest.mark.parametrize("release", grouped(TOKEN_AVERAGE_NEWEST))
 def test_explicit_false_is_kept_and_reported(release):
     unpatched = train(release, False)
     kept = train(release, True, "--average-tokens", "false")
     assert kept["average_tokens_across_devices"] is False
     assert kept["update_error"] == unpatched["update_error"] > BUG
     assert kept["gradfix"]["hf-dp-token-average"]["hits"] == 0
-    assert "average_tokens_across_devices=False was chosen explicitly and is kept" in kept["output"]
+    assert "average_tokens_across_devices=False was chosen explicitly and is kept" in kept["log"]
 
 
-@pytest.mark.parametrize("release", [r for r in ("4.48.3", "4.51.3") if r in releases()])
+@pytest.mark.parametrize("release", grouped(CUSTOM_LOSS))
 def test_compute_loss_func_keeps_its_scale(release):
     """A compute_loss_func with a model that takes no loss keyword arguments: before
     4.49.0 Trainer does not multiply that loss by the number of ranks, so turning the
@@ -95,15 +103,14 @@ def test_compute_loss_func_keeps_its_scale(release):
     assert abs(patched["update_scale"] - 1) < MATCH
 
 
-def test_4_48_3_explicit_true_halves_a_custom_loss():
+@pytest.mark.parametrize("release", grouped(r for r in ("4.48.3",) if r in CUSTOM_LOSS))
+def test_4_48_3_explicit_true_halves_a_custom_loss(release):
     """The reason for the multiplication above, shown on the release itself."""
-    if "4.48.3" not in releases():
-        pytest.skip("4.48.3 is not in the matrix")
-    result = train("4.48.3", False, "--custom-loss", "--average-tokens", "true")
+    result = train(release, False, "--custom-loss", "--average-tokens", "true")
     assert abs(result["update_scale"] - 0.5) < MATCH, result
 
 
-@pytest.mark.parametrize("release", [r for r in matrix() if "hf-dp-token-average" in affected(r)][-1:])
+@pytest.mark.parametrize("release", grouped(TOKEN_AVERAGE_NEWEST))
 def test_one_rank_is_left_alone(release):
     """One process: nothing to average across; the option stays off, as 4.54.0 turns it off."""
     result = train(release, True, "--accumulation", "4", ranks=1)
@@ -113,9 +120,12 @@ def test_one_rank_is_left_alone(release):
 
 
 MEAN_LOSS = ("--architecture", "gpt2", "--micro-batch-mean", "--accumulation", "4")  # one rank, GA 4
+MEAN_LOSS_RUN = [r for r in ("4.46.2", "4.48.3") if r in releases()]
+plan(MEAN_LOSS_RUN, MEAN_LOSS, ranks=1)
+plan(TOKEN_AVERAGE_NEWEST, ("--accumulation", "4"), ranks=1)
 
 
-@pytest.mark.parametrize("release", [r for r in ("4.46.2", "4.48.3") if r in releases()])
+@pytest.mark.parametrize("release", grouped(MEAN_LOSS_RUN))
 def test_micro_batch_mean_loss_is_divided_by_ga(release):
     """GPT-2's forward takes no loss keyword arguments before 4.48: its loss is a micro-batch
     mean, which 4.46.2-4.47.x hand to backward undivided (the update GA times too large)."""
@@ -135,8 +145,12 @@ SHORT_WINDOW = ("--architecture", "gpt2", "--micro-batch-mean", "--accumulation"
 
 # CI: the oldest affected release (4.46.2-4.47 do not divide at all), the newest affected one
 # and the newest (fixed) release; the full tier adds the releases between them.
-@pytest.mark.parametrize("release", [r for r in matrix() if r in tiered(("4.46.2", "4.54.0", *NEWEST),
-                                                                        full=("4.48.0", "4.48.3", "4.51.3", "4.53.3"))])
+SHORT_WINDOW_RUN = [r for r in matrix() if r in tiered(("4.46.2", "4.54.0", *NEWEST),
+                                                       full=("4.48.0", "4.48.3", "4.51.3", "4.53.3"))]
+plan(SHORT_WINDOW_RUN, SHORT_WINDOW, ranks=1)
+
+
+@pytest.mark.parametrize("release", grouped(SHORT_WINDOW_RUN))
 def test_short_last_window_divides_by_its_own_size(release):
     """hf-partial-window-ga-divisor: three micro-batches in a window of GA 4 (the epoch's
     only, short, window), micro-batch mean losses; the reference is their mean."""

@@ -1,5 +1,11 @@
 """Running trainer_worker.py against one cached transformers release (optionally
-with a cached DeepSpeed release) under torchrun, and reading its result."""
+with a cached DeepSpeed release) under torchrun, and reading its result.
+
+Importing transformers takes most of a run (8-10 s of CPU per rank against well under
+a second of training), so the runs that test modules declare with plan() / plan_jobs()
+are trained together: one torchrun launch per (worker, folders, gradfix on or off, ranks)
+trains every planned option list of that launch in turn (the workers' --jobs).
+"""
 
 import functools
 import json
@@ -46,23 +52,86 @@ def deepspeed_folder(release):
     return cache / f"ds-{release}", cache / f"ext-transformers-{release}"
 
 
+# A launch is (worker, folders on the path, gradfix on or off, ranks, extra environment).
+_PLANNED = {}  # launch -> option tuples, in plan order
+_DONE = {}  # (launch, options) -> result
+
+
+def _launch(worker, folders, patched, ranks, environment):
+    return worker, tuple(str(f) for f in folders), patched, ranks, tuple(sorted(environment.items()))
+
+
+def plan_jobs(worker, folders, option_lists, ranks=1, **environment):
+    """Declare that tests run ``worker`` with each of ``option_lists`` with ``folders`` on
+    the path, with and without gradfix: the first run_planned() of a launch runs them all."""
+    for patched in (False, True):
+        planned = _PLANNED.setdefault(_launch(worker, folders, patched, ranks, environment), [])
+        planned += [tuple(options) for options in option_lists if tuple(options) not in planned]
+
+
+def run_planned(worker, folders, patched, options, ranks=1, **environment):
+    """run_worker()'s result for ``options``: from its launch's batch when plan_jobs()
+    declared it (with gradfix's messages of that job under "log"), else alone (the whole
+    output under "log" and "output")."""
+    launch = _launch(worker, folders, patched, ranks, environment)
+    options = tuple(options)
+    if options not in _PLANNED.get(launch, ()):
+        return _run_alone(launch, options)
+    if (launch, options) not in _DONE:
+        jobs = [planned for planned in _PLANNED[launch] if (launch, planned) not in _DONE]
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
+            json.dump([list(job) for job in jobs], handle)
+        try:
+            results = run_worker(worker, folders, patched, ["--jobs", handle.name], ranks=ranks, **environment)
+        finally:
+            os.unlink(handle.name)
+        assert len(results) == len(jobs), results
+        _DONE.update({(launch, job): result for job, result in zip(jobs, results)})
+    return _DONE[(launch, options)]
+
+
 @functools.lru_cache(maxsize=None)
-def train(release, patched, *options, ranks=2, deepspeed=None):
-    """One run of trainer_worker.py under torchrun; its result plus the launcher's output.
-    ``deepspeed``: a cached DeepSpeed release to put on the path (``--zero-stage`` uses it)."""
+def _run_alone(launch, options):
+    worker, folders, patched, ranks, environment = launch
+    result = run_worker(worker, folders, patched, options, ranks=ranks, **dict(environment))
+    result["log"] = result["output"]  # the job had the process to itself
+    return result
+
+
+def xdist_group(release):
+    """Keep a release's tests on one xdist worker, so that each planned launch runs once."""
+    return pytest.param(release, marks=pytest.mark.xdist_group(f"transformers-{release}"))
+
+
+def _environment(release, deepspeed):
     folders, extra = [releases()[release]], {}
     if deepspeed:
         code, builds = deepspeed_folder(deepspeed)
         folders.append(str(code))
         extra = {"DS_ACCELERATOR": "cpu", "TORCH_EXTENSIONS_DIR": str(builds)}
-    result = run_worker(WORKER, folders, patched, options, ranks=ranks, **extra)
+    return folders, extra
+
+
+def plan(releases_, *option_lists, ranks=2, deepspeed=None):
+    """plan_jobs() for trainer_worker.py on each of ``releases_`` (see train())."""
+    for release in releases_:
+        folders, extra = _environment(release, deepspeed)
+        plan_jobs(WORKER, folders, option_lists, ranks=ranks, **extra)
+
+
+def train(release, patched, *options, ranks=2, deepspeed=None):
+    """trainer_worker.py's result with ``options`` on a transformers release (batched
+    with the other runs plan() declared for the same launch).
+    ``deepspeed``: a cached DeepSpeed release to put on the path (``--zero-stage`` uses it)."""
+    folders, extra = _environment(release, deepspeed)
+    result = run_planned(WORKER, folders, patched, options, ranks=ranks, **extra)
     assert result["transformers"] == release
     return result
 
 
 def run_worker(worker, folders, patched, options, ranks=1, **environment):
     """Run ``worker OUT *options`` under torchrun with ``folders`` first on the path;
-    its JSON result with the launcher's output under "output"."""
+    its JSON result, with the launcher's output under "output" when it is one object."""
     env = clean_env(PYTHONPATH=os.pathsep.join(str(f) for f in folders if f) or None,
                     GRADFIX="1" if patched else "0", OMP_NUM_THREADS="1", **environment)
     with tempfile.TemporaryDirectory(prefix="gradfix-worker-") as workdir:
@@ -72,7 +141,8 @@ def run_worker(worker, folders, patched, options, ranks=1, **environment):
         proc = run_job(argv, env=env, timeout=600, cwd=workdir)
         assert proc.returncode == 0 and out.exists(), f"{argv} failed: {failure_output(proc)}"
         result = json.loads(out.read_text())
-    result["output"] = proc.stdout + proc.stderr
+    if isinstance(result, dict):
+        result["output"] = proc.stdout + proc.stderr
     return result
 
 

@@ -6,11 +6,18 @@ over the whole step) and this process's gradfix report.
     python -m torch.distributed.run --nproc_per_node 2 trainer_worker.py OUT \
         [--average-tokens true|false] [--custom-loss] [--accumulation N] [--zero-stage S [--offload]]
         [--axolotl]
+    python -m torch.distributed.run --nproc_per_node 2 trainer_worker.py OUT --jobs JOBS.json
+
+With --jobs, JOBS.json is a list of option lists: each is trained in turn in this
+process (transformers is imported once; the import takes most of a run's time) and
+OUT gets the list of their results, each with the patch hits of its own run.
 """
 
 import argparse
 import copy
 import json
+import logging
+import os
 import tempfile
 
 import torch
@@ -92,9 +99,8 @@ def custom_loss(outputs, labels, num_items_in_batch=None):
     return token_sum(outputs.logits, labels) / num_items_in_batch
 
 
-def main():
+def parse(argv):
     parser = argparse.ArgumentParser()
-    parser.add_argument("out")
     parser.add_argument("--average-tokens", choices=("true", "false"),
                         help="pass average_tokens_across_devices explicitly (default: leave it out)")
     parser.add_argument("--custom-loss", action="store_true",
@@ -110,8 +116,12 @@ def main():
     parser.add_argument("--axolotl", action="store_true",
                         help="apply Axolotl's own Trainer patches first, as its model loader does for a Llama "
                              "trained with DeepSpeed and gradient accumulation")
-    options = parser.parse_args()
+    return parser.parse_args(argv)
 
+
+def train(options):
+    """One Trainer run; its result on rank 0 (None on the other ranks)."""
+    import gradfix
     import transformers
     from transformers import Trainer, TrainingArguments
 
@@ -122,6 +132,7 @@ def main():
         trainer_grad_accum.patch_forward_for_ga()
         trainer_grad_accum.patch_training_step_for_ga()
 
+    hits_before = {s.id: s.hits for s in gradfix.status()}
     model, rows = tiny_model(options.architecture), sequences(options.sequences)
     before = [p.detach().clone() for p in model.parameters()]
     reference = reference_update(model, rows, per_sequence=options.micro_batch_mean)
@@ -149,22 +160,72 @@ def main():
     # The applied update as a multiple of the reference (1 when only the scale is right).
     scale = (sum((a * r).sum() for a, r in zip(applied, reference)) / sum((r ** 2).sum() for r in reference)).item()
     divergence = _rank_divergence(model) if trainer.args.world_size > 1 else 0.0
-    if trainer.args.process_index == 0:
-        import gradfix
+    if trainer.args.process_index != 0:
+        return None
+    return {
+        "transformers": transformers.__version__,
+        "ranks": trainer.args.world_size,
+        "model_accepts_loss_kwargs": trainer.model_accepts_loss_kwargs,
+        "average_tokens_across_devices": trainer.args.average_tokens_across_devices,
+        "update_error": error,
+        "update_scale": scale,
+        "rank_divergence": divergence,
+        "training_loop_from": Trainer._inner_training_loop.__module__,
+        "gradfix_active": gradfix.is_active(),
+        "gradfix": {s.id: {"state": str(s.state), "hits": s.hits - hits_before.get(s.id, 0), "reason": s.reason}
+                    for s in gradfix.status()},
+    }
 
-        result = {
-            "transformers": transformers.__version__,
-            "ranks": trainer.args.world_size,
-            "model_accepts_loss_kwargs": trainer.model_accepts_loss_kwargs,
-            "average_tokens_across_devices": trainer.args.average_tokens_across_devices,
-            "update_error": error,
-            "update_scale": scale,
-            "rank_divergence": divergence,
-            "training_loop_from": Trainer._inner_training_loop.__module__,
-            "gradfix_active": gradfix.is_active(),
-            "gradfix": {s.id: {"state": str(s.state), "hits": s.hits, "reason": s.reason} for s in gradfix.status()},
-        }
-        with open(options.out, "w") as stream:
+
+def forget_accelerator_state():
+    """Let the next job's Trainer set accelerate's process-wide state up afresh (its
+    own accumulation and DeepSpeed plugin), keeping the process group."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
+
+
+class JobLog(logging.Handler):
+    """gradfix's messages during one job. gradfix says some notes once per process;
+    each job is told them afresh, as a process of its own would be."""
+
+    def __enter__(self):
+        from gradfix import report
+
+        report._said_once.clear()
+        self.lines = []
+        logging.getLogger("gradfix").addHandler(self)
+        return self
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+    def __exit__(self, *exc):
+        logging.getLogger("gradfix").removeHandler(self)
+
+
+def serve(train_one, parse_one):
+    """A worker's command line: ``OUT [options]`` trains once, ``OUT --jobs JOBS.json``
+    trains each option list of JOBS.json in turn; rank 0 writes the result(s) to OUT."""
+    arguments = argparse.ArgumentParser()
+    arguments.add_argument("out")
+    arguments.add_argument("--jobs", help="a JSON list of option lists, trained one after the other")
+    known, rest = arguments.parse_known_args()
+    if known.jobs is None:
+        result = train_one(parse_one(rest))
+    else:
+        with open(known.jobs) as stream:
+            jobs = json.load(stream)
+        result = []
+        for number, job in enumerate(jobs):
+            if number:
+                forget_accelerator_state()
+            with JobLog() as log:
+                outcome = train_one(parse_one(job))
+            result.append(outcome and {**outcome, "log": "\n".join(log.lines)})
+    if int(os.environ.get("RANK", "0")) == 0:
+        with open(known.out, "w") as stream:
             json.dump(result, stream, indent=1)
 
 
@@ -179,5 +240,5 @@ def shut_down():
 
 
 if __name__ == "__main__":
-    main()
+    serve(train, parse)
     shut_down()
