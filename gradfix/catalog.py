@@ -54,7 +54,7 @@ class CatalogEntry:
 
     __slots__ = tuple(SCHEMA) + tuple(OPTIONAL) + ("path", "target", "_parsed")
 
-    def __init__(self, fields: dict, path: str, target=None):
+    def __init__(self, fields: dict, path: str):
         for name in SCHEMA:
             setattr(self, name, fields[name])
         for name, (_, _, default) in OPTIONAL.items():
@@ -63,7 +63,7 @@ class CatalogEntry:
         self.path = path
         # The module the fix patches (its TARGET), when the index knows the implementation:
         # the engine then arms the patch without importing the fix module.
-        self.target = target or known_target(self.implementation)
+        self.target = known_target(self.implementation)
         self._parsed = None
 
     def to_dict(self) -> dict:
@@ -285,11 +285,17 @@ def _from_index(directory: str, files, shipped: bool = False):
         return None
     if sorted(index.SOURCES) != [os.path.basename(f) for f in files]:
         return None
-    for path in [] if shipped else files:
-        with open(path, encoding="utf-8") as handle:
-            if handle.read() != index.SOURCES[os.path.basename(path)]:
-                return None
-    return [CatalogEntry(fields, os.path.join(directory, fields["id"] + ".toml")) for fields in index.ENTRIES]
+    if not shipped:
+        for path in files:
+            with open(path, encoding="utf-8") as handle:
+                if handle.read() != index.SOURCES[os.path.basename(path)]:
+                    return None
+    return _entries(directory, index.ENTRIES)
+
+
+def _entries(directory: str, recorded) -> list:
+    """Catalog entries from validated field dicts recorded for ``directory``."""
+    return [CatalogEntry(fields, os.path.join(directory, fields["id"] + ".toml")) for fields in recorded]
 
 
 FOLDER_INDEX = "gradfix-index.marshal"
@@ -327,7 +333,7 @@ def _from_folder_index(directory: str, files):
             record = marshal.load(handle)
         if record["format"] != _FOLDER_INDEX_FORMAT or record["stamps"] != _stamps(files):
             return None
-        return [CatalogEntry(fields, os.path.join(directory, fields["id"] + ".toml")) for fields in record["entries"]]
+        return _entries(directory, record["entries"])
     except (OSError, EOFError, ValueError, TypeError, KeyError):
         return None
 

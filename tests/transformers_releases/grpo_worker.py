@@ -89,7 +89,6 @@ def train(options):
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
-    hits_before = {s.id: s.hits for s in gradfix.status()}
     model = tiny_model()
     ids = [[2 + (i * 7 + j) % (VOCABULARY - 2) for j in range(3)] for i in range(16)]
     raise_end_of_sequence(model, torch.tensor(ids))
@@ -125,7 +124,7 @@ def train(options):
         "num_items_in_batch": [float(b["num_items_in_batch"]) for b in batch if "num_items_in_batch" in b],
         "completion_tokens": [float(b["completion_mask"].sum()) for b in batch],
         "truncated": sum(int(b["completion_mask"].sum(1).eq(0).sum()) for b in batch),
-        "gradfix": {s.id: {"state": str(s.state), "hits": s.hits - hits_before.get(s.id, 0)} for s in gradfix.status()},
+        "gradfix": {s.id: {"state": str(s.state), "hits": s.hits} for s in gradfix.status()},
     }
 
 

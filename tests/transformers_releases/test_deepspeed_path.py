@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 from helpers import tiered
-from tfrun import (BUG, MATCH, NOT_CONFIGURED, affected, deepspeed_folder, plan, releases, run_worker, states, train,
-                   xdist_group)
+from tfrun import (BUG, MATCH, NOT_CONFIGURED, affected, deepspeed_folder, grouped, plan, releases, run_worker, states,
+                   train)
 
 pytestmark = pytest.mark.skipif(not releases(), reason=NOT_CONFIGURED)
 
@@ -22,10 +22,6 @@ ONE_RANK = ("--accumulation", "4", "--zero-stage", "0")
 
 def in_matrix(*candidates):
     return [release for release in candidates if release in releases()]
-
-
-def grouped(releases_):
-    return [xdist_group(release) for release in releases_]
 
 
 def run(release, patched, *options, ranks=1):

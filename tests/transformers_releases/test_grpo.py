@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from helpers import tiered
-from tfrun import BUG, MATCH, affected, plan_jobs, run_planned, states
+from tfrun import BUG, MATCH, affected, grouped, plan_jobs, run_planned, states
 
 WORKER = Path(__file__).resolve().parent / "grpo_worker.py"
 WINDOW, TRUNCATED = "trl-grpo-window-normaliser", "trl-grpo-truncated-denominator"
@@ -47,17 +47,13 @@ def plan(releases_, *option_lists):
         plan_jobs(WORKER, [releases()[release]], option_lists)
 
 
-def grouped(releases_):
-    return [pytest.param(release, marks=pytest.mark.xdist_group(f"trl-{release}")) for release in releases_]
-
-
 # CI: the oldest affected release (the transformers 4 line), the newest affected one and the
 # first fixed one; the full tier adds 1.8.0 and the newest release.
 WINDOW_RUN = [r for r in matrix() if r in tiered(("0.22.2", "1.9.0", "1.9.1"), full=("1.8.0", *matrix()[-1:]))]
 plan(WINDOW_RUN, SPLIT)
 
 
-@pytest.mark.parametrize("release", grouped(WINDOW_RUN))
+@pytest.mark.parametrize("release", grouped(WINDOW_RUN, package="trl"))
 def test_window_normaliser(release):
     unpatched, patched = grpo(release, False, *SPLIT), grpo(release, True, *SPLIT)
     if WINDOW in affected(release, "trl"):
@@ -80,7 +76,7 @@ TRUNCATED_RUN = [r for r in matrix() if r in tiered((*matrix(TRUNCATED)[-1:], "1
 plan(TRUNCATED_RUN, (*SPLIT, "--mask-truncated"))
 
 
-@pytest.mark.parametrize("release", grouped(TRUNCATED_RUN))
+@pytest.mark.parametrize("release", grouped(TRUNCATED_RUN, package="trl"))
 def test_truncated_completions_leave_the_denominator(release):
     options = (*SPLIT, "--mask-truncated")
     unpatched, patched = grpo(release, False, *options), grpo(release, True, *options)
@@ -98,17 +94,16 @@ ONE_WINDOW = ("--steps-per-generation", "2", "--accumulation", "2")
 plan(matrix(WINDOW)[:1], ONE_WINDOW)
 
 
-@pytest.mark.parametrize("release", grouped(matrix(WINDOW)[:1]))
+@pytest.mark.parametrize("release", grouped(matrix(WINDOW)[:1], package="trl"))
 def test_one_window_per_generation_is_left_alone(release):
     """steps_per_generation == gradient_accumulation_steps: the count already spans one window."""
-    options = ONE_WINDOW
-    unpatched, patched = grpo(release, False, *options), grpo(release, True, *options)
+    unpatched, patched = grpo(release, False, *ONE_WINDOW), grpo(release, True, *ONE_WINDOW)
     assert unpatched["update_error"] < MATCH
     assert patched["update"] == unpatched["update"]
     assert patched["gradfix"][WINDOW] == {"state": "applied", "hits": 0}
 
 
-@pytest.mark.parametrize("release", grouped(r for r in matrix(TRUNCATED) if not r.startswith("0."))[:1])
+@pytest.mark.parametrize("release", grouped((r for r in matrix(TRUNCATED) if not r.startswith("0.")), package="trl")[:1])
 def test_two_ranks_match_the_fixed_release(release):
     """Two data-parallel ranks (the truncated-token recount is gathered over ranks): the
     patched release applies exactly the update of the first fixed release, 1.9.1, to the

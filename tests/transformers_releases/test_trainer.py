@@ -8,7 +8,7 @@ without gradfix.
 
 import pytest
 from helpers import tiered
-from tfrun import BUG, MATCH, NOT_CONFIGURED, affected, matrix, plan, releases, states, train, xdist_group
+from tfrun import BUG, MATCH, NOT_CONFIGURED, affected, grouped, matrix, plan, releases, states, train
 
 pytestmark = pytest.mark.skipif(not releases(), reason=NOT_CONFIGURED)
 
@@ -26,10 +26,6 @@ CUSTOM_LOSS = [r for r in ("4.48.3", "4.51.3") if r in releases()]
 plan(DEFAULT_RUN, ())
 plan(TOKEN_AVERAGE_NEWEST, ("--average-tokens", "false"))
 plan(CUSTOM_LOSS, ("--custom-loss",), ("--custom-loss", "--average-tokens", "true"))
-
-
-def grouped(releases_):
-    return [xdist_group(release) for release in releases_]
 
 
 @pytest.mark.parametrize("release", grouped(DEFAULT_RUN))

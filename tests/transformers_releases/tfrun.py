@@ -98,9 +98,10 @@ def _run_alone(launch, options):
     return result
 
 
-def xdist_group(release):
-    """Keep a release's tests on one xdist worker, so that each planned launch runs once."""
-    return pytest.param(release, marks=pytest.mark.xdist_group(f"transformers-{release}"))
+def grouped(releases_, package="transformers"):
+    """``releases_`` as test parameters that keep each release's tests on one xdist worker,
+    so that each planned launch runs once."""
+    return [pytest.param(release, marks=pytest.mark.xdist_group(f"{package}-{release}")) for release in releases_]
 
 
 def _environment(release, deepspeed):

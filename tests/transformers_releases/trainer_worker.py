@@ -10,7 +10,8 @@ over the whole step) and this process's gradfix report.
 
 With --jobs, JOBS.json is a list of option lists: each is trained in turn in this
 process (transformers is imported once; the import takes most of a run's time) and
-OUT gets the list of their results, each with the patch hits of its own run.
+OUT gets the list of their results, each with the patch hits and gradfix messages of
+its own run.
 """
 
 import argparse
@@ -132,7 +133,6 @@ def train(options):
         trainer_grad_accum.patch_forward_for_ga()
         trainer_grad_accum.patch_training_step_for_ga()
 
-    hits_before = {s.id: s.hits for s in gradfix.status()}
     model, rows = tiny_model(options.architecture), sequences(options.sequences)
     before = [p.detach().clone() for p in model.parameters()]
     reference = reference_update(model, rows, per_sequence=options.micro_batch_mean)
@@ -172,8 +172,7 @@ def train(options):
         "rank_divergence": divergence,
         "training_loop_from": Trainer._inner_training_loop.__module__,
         "gradfix_active": gradfix.is_active(),
-        "gradfix": {s.id: {"state": str(s.state), "hits": s.hits - hits_before.get(s.id, 0), "reason": s.reason}
-                    for s in gradfix.status()},
+        "gradfix": {s.id: {"state": str(s.state), "hits": s.hits, "reason": s.reason} for s in gradfix.status()},
     }
 
 
@@ -187,16 +186,27 @@ def forget_accelerator_state():
 
 
 class JobLog(logging.Handler):
-    """gradfix's messages during one job. gradfix says some notes once per process;
-    each job is told them afresh, as a process of its own would be."""
+    """gradfix's messages during one job, and each patch's hits before it. gradfix says
+    some notes once per process; each job is told them afresh, as a process of its own
+    would be."""
 
     def __enter__(self):
+        import gradfix
         from gradfix import report
 
         report._said_once.clear()
         self.lines = []
+        self.hits_before = {s.id: s.hits for s in gradfix.status()}
         logging.getLogger("gradfix").addHandler(self)
         return self
+
+    def result(self, outcome):
+        """The job's result with its own hit counts and messages (None on ranks but 0)."""
+        if outcome is None:
+            return None
+        hits = {pid: {**record, "hits": record["hits"] - self.hits_before.get(pid, 0)}
+                for pid, record in outcome["gradfix"].items()}
+        return {**outcome, "gradfix": hits, "log": "\n".join(self.lines)}
 
     def emit(self, record):
         self.lines.append(record.getMessage())
@@ -222,8 +232,7 @@ def serve(train_one, parse_one):
             if number:
                 forget_accelerator_state()
             with JobLog() as log:
-                outcome = train_one(parse_one(job))
-            result.append(outcome and {**outcome, "log": "\n".join(log.lines)})
+                result.append(log.result(train_one(parse_one(job))))
     if int(os.environ.get("RANK", "0")) == 0:
         with open(known.out, "w") as stream:
             json.dump(result, stream, indent=1)
