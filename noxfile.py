@@ -143,9 +143,14 @@ def _oldest_python():
 
 
 # pip compiles every installed module to bytecode, most of which no test imports: 10 of the 14 s
-# of a transformers install. Without it, each module is compiled when first imported (and
-# cached), so a cold run pays only for what it uses.
+# of a transformers install. Without it, each module is compiled when first imported and its
+# bytecode written next to it, so a cold run pays only for what it uses, once.
 NO_COMPILE = "--no-compile"
+# ... which needs Python to write that bytecode. This project's machines (CI's included) set
+# PYTHONDONTWRITEBYTECODE=1: every test process would then compile torch, transformers and
+# DeepSpeed from source again (`import transformers.trainer`: 11 s instead of 4 s), which made
+# a cold CI run's tests twice as slow as a warm one's. Sessions and their tests write it.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
 
 def install_cached(session, *requirements, group="requirements"):

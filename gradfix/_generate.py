@@ -1,7 +1,9 @@
 """Regenerate the files derived from the catalog (patches/*.toml):
 
 * ``gradfix/_catalog_index.py``, the pre-validated catalog read at start-up;
-* the support table in README.md, between its ``support-table`` markers.
+* the support table in README.md, between its ``support-table`` markers;
+* ``WATCHED`` in the start-up module (``gradfix/_site/_gradfix_bootstrap.py``): the
+  top-level packages whose first import activates gradfix under ``GRADFIX=1``.
 
 Run ``python -m gradfix._generate`` from a checkout after editing patches/;
 ``--check`` exits 1 when a derived file is out of date (the tests run it).
@@ -17,6 +19,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INDEX = os.path.join(REPO, "gradfix", "_catalog_index.py")
 README = os.path.join(REPO, "README.md")
 BEGIN, END = "<!-- support-table: begin (python -m gradfix._generate) -->", "<!-- support-table: end -->"
+BOOTSTRAP = os.path.join(REPO, "gradfix", "_site", "_gradfix_bootstrap.py")
+WATCHED_BEGIN, WATCHED_END = "# generated: begin", "# generated: end"
+ALSO_WATCHED = ("ray",)  # not a patch target: the engine hooks ray.init (gradfix.ray)
 
 
 def _checked_catalog(patches: str) -> catalog.Catalog:
@@ -28,8 +33,7 @@ def _checked_catalog(patches: str) -> catalog.Catalog:
 
 def index_text(patches: str) -> str:
     loaded = _checked_catalog(patches)
-    targets = {entry.implementation: implementation.load(entry.implementation).target
-               for entry in sorted(loaded.entries, key=lambda e: e.implementation)}
+    targets = _targets(patches)
     sources = {}
     for name in sorted(os.listdir(patches)):
         if name.endswith(".toml"):
@@ -52,6 +56,24 @@ def index_text(patches: str) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _targets(patches: str) -> dict:
+    loaded = _checked_catalog(patches)
+    return {entry.implementation: implementation.load(entry.implementation).target
+            for entry in sorted(loaded.entries, key=lambda e: e.implementation)}
+
+
+def bootstrap_text(patches: str, bootstrap: str = BOOTSTRAP) -> str:
+    """The start-up module with its WATCHED line computed from the catalog's targets."""
+    with open(bootstrap, encoding="utf-8") as handle:
+        text = handle.read()
+    watched = sorted({target.partition(".")[0] for target in _targets(patches).values()} | set(ALSO_WATCHED))
+    head, block = text.split(WATCHED_BEGIN, 1)
+    block, tail = block.split(WATCHED_END, 1)
+    lines = [f"WATCHED = frozenset({tuple(watched)!r})" if line.startswith("WATCHED = ") else line
+             for line in block.split("\n")]
+    return f"{head}{WATCHED_BEGIN}{chr(10).join(lines)}{WATCHED_END}{tail}"
 
 
 def load_sweep(patches: str) -> dict:
@@ -126,7 +148,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     patches = os.path.join(REPO, "patches")
     stale = []
-    for path, wanted in ((INDEX, index_text(patches)), (README, readme_text(patches))):
+    derived = ((INDEX, index_text(patches)), (README, readme_text(patches)), (BOOTSTRAP, bootstrap_text(patches)))
+    for path, wanted in derived:
         current = open(path, encoding="utf-8").read() if os.path.exists(path) else None
         if current != wanted:
             stale.append(os.path.relpath(path, REPO))

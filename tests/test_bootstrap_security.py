@@ -5,7 +5,8 @@ socket, and opens only files of the Python installation it runs in (modules, the
 catalog, distribution metadata).
 
 The interpreter starts with -S, installs the hook, then runs site.main(), which
-processes the site-packages .pth files exactly as a normal start-up does.
+processes the site-packages .pth files exactly as a normal start-up does, and looks
+for DeepSpeed, which is when GRADFIX=1 activates gradfix.
 """
 
 import json
@@ -36,6 +37,8 @@ def hook(event, args):
 sys.addaudithook(hook)
 import site
 site.main()
+import importlib.util
+importlib.util.find_spec("deepspeed")  # under GRADFIX=1, the first lookup of a patched framework activates
 active = "gradfix" in sys.modules and sys.modules["gradfix"].is_active()
 EVENTS_DONE = list(EVENTS)
 print("AUDIT", json.dumps({"active": active, "events": EVENTS_DONE, "prefixes": [sys.prefix, sys.base_prefix]}))

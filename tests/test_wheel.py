@@ -41,11 +41,13 @@ class Venv:
         self.python = root / "bin" / "python"
         self.site = Path(_run([str(self.python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip())
 
-    def run(self, code, toy_release=("1.0", "buggy"), **env):
-        paths = [str(toy.FIXTURES)]
+    def run(self, code, toy_release=("1.0", "buggy"), extra_paths=(), catalog=True, **env):
+        paths = [str(toy.FIXTURES), *map(str, extra_paths)]
         if toy_release:
             paths.insert(0, str(toy.install(self.root.parent / "toys", *toy_release)))
-        variables = clean_env(PYTHONPATH=os.pathsep.join(paths), GRADFIX_CATALOG_PATH=str(toy.CATALOG), **env)
+        if catalog:
+            env.setdefault("GRADFIX_CATALOG_PATH", str(toy.CATALOG))
+        variables = clean_env(PYTHONPATH=os.pathsep.join(paths), **env)
         return subprocess.run([str(self.python), "-c", code], cwd=self.root, env=variables,
                               capture_output=True, text=True, timeout=120)
 
@@ -92,7 +94,39 @@ def test_pep_829_start_entry_point(venv):
     run = lambda **env: subprocess.run([str(venv.python), "-S", "-c", code, entry], capture_output=True, text=True,
                                        env=clean_env(PYTHONPATH=str(venv.site), **env))
     assert run().stdout.strip() == "IMPORTED ['_gradfix_bootstrap']"
-    assert run(GRADFIX="1").stdout.strip() == "IMPORTED ['_gradfix_bootstrap', 'gradfix']"
+    assert run(GRADFIX="1").stdout.strip() == "IMPORTED ['_gradfix_bootstrap']"  # waits for a framework
+    assert run(GRADFIX="1", GRADFIX_CATALOG_PATH=str(toy.CATALOG)).stdout.strip() == \
+        "IMPORTED ['_gradfix_bootstrap', 'gradfix']"
+
+
+FIRST_IMPORT = (
+    IMPORTED + "\nimport json, email.message\n" + IMPORTED + "\n"
+    "import trl\nprint('ACTIVE BEFORE ITS CODE', trl.ACTIVE_BEFORE_ITS_CODE)\n"
+    "import gradfix\nprint('STATE', {s.id: s.state for s in gradfix.status()}['trl-grpo-window-normaliser'])\n"
+    "print('STILL WATCHING', [type(f).__name__ for f in sys.meta_path if 'Framework' in type(f).__name__])\n"
+)
+
+
+def test_gradfix_1_activates_at_the_first_import_of_a_patched_framework(venv, tmp_path):
+    """With the built-in catalog, GRADFIX=1 leaves a process that imports no framework
+    alone (it costs a few hundred microseconds: benchmarks/import_cost.py), and the first
+    import of a package the catalog patches activates gradfix before that package's code
+    runs. A stand-in ``trl`` (no metadata, so its patches are armed on source-checkout
+    terms) shows the order; the framework sessions run real releases with GRADFIX=1."""
+    stand_in = tmp_path / "stand_in" / "trl"
+    stand_in.mkdir(parents=True)
+    (stand_in / "__init__.py").write_text("import sys\nACTIVE_BEFORE_ITS_CODE = 'gradfix' in sys.modules\n")
+    proc = venv.run(FIRST_IMPORT, toy_release=None, extra_paths=[stand_in.parent], catalog=False, GRADFIX="1")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [
+        "IMPORTED ['_gradfix_bootstrap']",
+        "IMPORTED ['_gradfix_bootstrap']",  # the standard library does not wake it
+        "ACTIVE BEFORE ITS CODE True",
+        "STATE armed",
+        "STILL WATCHING []",
+    ], proc.stderr
+    unset = venv.run("import sys, trl\n" + IMPORTED, toy_release=None, extra_paths=[stand_in.parent], catalog=False)
+    assert unset.stdout.strip() == "IMPORTED []" and not unset.stderr  # GRADFIX unset: the stand-in alone
 
 
 def test_console_script_and_doctor(venv):
