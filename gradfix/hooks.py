@@ -56,18 +56,36 @@ class _HookLoader:
 
 
 class _Finder:
+    def __init__(self):
+        # (thread, name) lookups under way. Another finder that also asks the rest of
+        # sys.meta_path (the start-up finder of GRADFIX=1 does) would call back into this
+        # one for the same name, and each would ask the other forever.
+        self._searching = set()
+
     def find_spec(self, fullname, path=None, target=None):
         if fullname not in _callbacks:
             return None
-        for finder in sys.meta_path:
-            if finder is self or not hasattr(finder, "find_spec"):
-                continue
-            spec = finder.find_spec(fullname, path, target)
-            if spec is not None:
-                if spec.loader is not None and hasattr(spec.loader, "exec_module"):
-                    spec.loader = _HookLoader(spec.loader, fullname)
-                return spec
-        return None
+        key = (_thread.get_ident(), fullname)
+        if key in self._searching:
+            return None
+        self._searching.add(key)
+        try:
+            spec = _find_with_others(self, fullname, path, target)
+        finally:
+            self._searching.discard(key)
+        if spec is not None and spec.loader is not None and hasattr(spec.loader, "exec_module"):
+            spec.loader = _HookLoader(spec.loader, fullname)
+        return spec
+
+
+def _find_with_others(me, fullname, path, target):
+    for finder in list(sys.meta_path):  # a copy: an import on the way may change the list
+        if finder is me or not hasattr(finder, "find_spec"):
+            continue
+        spec = finder.find_spec(fullname, path, target)
+        if spec is not None:
+            return spec
+    return None
 
 
 _FINDER = _Finder()

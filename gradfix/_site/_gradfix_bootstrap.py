@@ -85,23 +85,38 @@ class _FirstFrameworkImport:
     def __init__(self):
         self.done = False
         self.lock = _thread.RLock()  # another thread's watched import waits for activation
+        # (thread, name) lookups under way: gradfix's post-import hook finder also asks the
+        # rest of sys.meta_path, so without this each would call the other forever.
+        self.searching = set()
 
     def find_spec(self, fullname, path=None, target=None):
         if path is not None or fullname not in WATCHED:
+            return None
+        key = (_thread.get_ident(), fullname)
+        if key in self.searching:
             return None
         with self.lock:
             if not self.done:
                 self.done = True
                 _activate()
+        self.searching.add(key)
+        try:
+            spec = self._find_with_others(fullname, target)
+        finally:
+            self.searching.discard(key)
+        if spec is not None:
+            # Whoever asked stops at this spec, so leaving the list now is safe.
+            try:
+                sys.meta_path.remove(self)
+            except ValueError:
+                pass
+        return spec  # None (not installed): stay, inert, rather than change the list mid-search
+
+    def _find_with_others(self, fullname, target):
         for finder in list(sys.meta_path):
             if finder is self or not hasattr(finder, "find_spec"):
                 continue
-            spec = finder.find_spec(fullname, path, target)
+            spec = finder.find_spec(fullname, None, target)
             if spec is not None:
-                # Whoever asked stops at this spec, so leaving the list now is safe.
-                try:
-                    sys.meta_path.remove(self)
-                except ValueError:
-                    pass
                 return spec
-        return None  # not installed: stay, inert, rather than change the list mid-search
+        return None
