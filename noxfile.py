@@ -513,6 +513,58 @@ def sweep(session):
     session.run("python", "tests/release_sweep/sweep.py", "deepspeed", "--since", "0.14.0", *session.posargs)
 
 
+# The conformance matrix covers DeepSpeed from here to the newest release that imports with
+# the tests' torch (patches/sweep.json tells which do).
+CONFORMANCE_SINCE = "0.14.5"
+
+
+def conformance_releases():
+    """Every DeepSpeed release from CONFORMANCE_SINCE that the committed sweep imported."""
+    from packaging.version import Version
+
+    rows = json.loads((HERE / "patches" / "sweep.json").read_text())["deepspeed"]["releases"]
+    unimportable = {release for release, verdicts in rows.items()
+                    if any(isinstance(cell, dict) and cell["reason"].startswith("cannot import")
+                           for cell in verdicts.values())}
+    return sorted((r for r in rows if Version(r) >= Version(CONFORMANCE_SINCE) and r not in unimportable), key=Version)
+
+
+@nox.session(python="3.11")
+def conformance(session):
+    """Periodic (not part of the default run): the conformance matrix of DeepSpeed against
+    plain PyTorch (gradfix.conformance), every release since CONFORMANCE_SINCE or the
+    releases given as posargs, merged into patches/conformance.json; then the README
+    summary is regenerated. Commit both; the fast tier checks the matrix against the catalog."""
+    install_cached(session, "torch==2.13.0", group="torch")  # alone first: the local CPU wheel
+    install_cached(session, *TEST_REQUIREMENTS, "wrapt>=2,<3", *DEEPSPEED_DEPENDENCIES)
+    install_gradfix(session)
+    releases = session.posargs or conformance_releases()
+    folder = install_deepspeed_releases(session, releases)
+    session.run("python", "-m", "gradfix.conformance", "run", "--folder", str(folder), "--releases",
+                ",".join(releases))
+    session.run("python", "-m", "gradfix._generate")
+
+
+# The DeepSpeed release of the Trainer cases that go through DeepSpeed: none of the DeepSpeed
+# bugs in ZeRO-2 fp32 without offload, so only the Trainer's show.
+CONFORMANCE_TRAINER_DEEPSPEED = "0.16.4"
+
+
+@nox.session(python=False)
+def conformance_transformers(session):
+    """Periodic: the Trainer cases of the conformance matrix on the `transformers` session's
+    releases (run that session first; it installs them) or those given as posargs,
+    merged into patches/conformance.json; then the README summary is regenerated."""
+    python = session_python(session, "transformers", "the Trainer conformance matrix")
+    newest = dict(pin.split("==") for pin in TRANSFORMERS_NEWEST)["transformers"]
+    releases = session.posargs or [*TRANSFORMERS_RELEASES, newest]
+    session.run(str(python), "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall", str(HERE), external=True)
+    session.run(str(python), "-m", "gradfix.conformance", "run", "--package", "transformers",
+                "--folder", str(CACHE / "transformers"), "--releases", ",".join(releases),
+                "--deepspeed-folder", str(CACHE / "deepspeed" / f"ds-{CONFORMANCE_TRAINER_DEEPSPEED}"), external=True)
+    session.run(str(python), "-m", "gradfix._generate", external=True)
+
+
 def session_python(session, name, user):
     """The interpreter of the default session ``name``'s environment, which ``user`` (a
     sweep, a benchmark) runs in; stops with what to run first when it is not built yet."""

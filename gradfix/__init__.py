@@ -32,7 +32,7 @@ def _started_as_cli() -> bool:
     if _os.path.basename(argv[0]) in ("gradfix", "gradfix.exe"):  # the console script
         return True
     orig_argv = getattr(_sys, "orig_argv", ())  # Python 3.10+: sees `python -m gradfix`
-    return any(a == "-m" and b in ("gradfix", "gradfix.cli", "gradfix._generate") for a, b in zip(orig_argv, orig_argv[1:]))
+    return any(a == "-m" and b in ("gradfix", "gradfix.cli", "gradfix._generate", "gradfix.conformance") for a, b in zip(orig_argv, orig_argv[1:]))
 
 
 if not _started_as_cli():

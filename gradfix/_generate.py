@@ -1,7 +1,9 @@
 """Regenerate the files derived from the catalog (patches/*.toml):
 
 * ``gradfix/_catalog_index.py``, the pre-validated catalog read at start-up;
-* the support table in README.md, between its ``support-table`` markers;
+* the support table in README.md, between its ``support-table`` markers, and the
+  conformance summaries (patches/conformance.json, gradfix.conformance.records),
+  between its ``conformance-table`` and ``conformance-trainer-table`` markers;
 * ``WATCHED`` in the start-up module (``gradfix/_site/_gradfix_bootstrap.py``): the
   top-level packages whose first import activates gradfix under ``GRADFIX=1``.
 
@@ -19,6 +21,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INDEX = os.path.join(REPO, "gradfix", "_catalog_index.py")
 README = os.path.join(REPO, "README.md")
 BEGIN, END = "<!-- support-table: begin (python -m gradfix._generate) -->", "<!-- support-table: end -->"
+CONFORMANCE_BEGIN = "<!-- conformance-table: begin (python -m gradfix._generate) -->"
+CONFORMANCE_END = "<!-- conformance-table: end -->"
+TRAINER_BEGIN = "<!-- conformance-trainer-table: begin (python -m gradfix._generate) -->"
+TRAINER_END = "<!-- conformance-trainer-table: end -->"
 BOOTSTRAP = os.path.join(REPO, "gradfix", "_site", "_gradfix_bootstrap.py")
 WATCHED_BEGIN, WATCHED_END = "# generated: begin", "# generated: end"
 ALSO_WATCHED = ("ray",)  # not a patch target: the engine hooks ray.init (gradfix.ray)
@@ -133,13 +139,22 @@ def support_table(patches: str) -> str:
 
 
 def readme_text(patches: str, readme: str = README) -> str:
+    from .conformance import records
+
     with open(readme, encoding="utf-8") as handle:
         text = handle.read()
-    if BEGIN not in text or END not in text:
-        raise SystemExit(f"README.md lacks the markers {BEGIN} / {END}")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{BEGIN}\n{support_table(patches)}\n{END}{tail}"
+    text = _replace_between(text, BEGIN, END, support_table(patches))
+    matrix = records.load(os.path.join(patches, records.MATRIX))
+    text = _replace_between(text, CONFORMANCE_BEGIN, CONFORMANCE_END, records.summary_table(matrix, "deepspeed"))
+    return _replace_between(text, TRAINER_BEGIN, TRAINER_END, records.summary_table(matrix, "transformers"))
+
+
+def _replace_between(text: str, begin: str, end: str, block: str) -> str:
+    if begin not in text or end not in text:
+        raise SystemExit(f"README.md lacks the markers {begin} / {end}")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{begin}\n{block}\n{end}{tail}"
 
 
 def main(argv=None) -> int:

@@ -2,6 +2,7 @@
 clear errors for bad input."""
 
 import json
+import math
 import subprocess
 import sys
 
@@ -144,3 +145,16 @@ def test_verify_pipeline_options_are_checked(tmp_path, arguments, message):
 
 def test_percent_text_stays_readable():
     assert compare.percent_text([3.0, 0.284, 0.00005]) == "300% / 28% / <0.01%"
+
+
+def test_a_step_that_is_not_finite_is_never_correct():
+    reference = {"initial": [0.0, 0.0], "params": [[3.0, 4.0], [6.0, 8.0], [9.0, 12.0]]}
+    nan = float("nan")
+    for bad_step in range(3):  # max() of a list with a NaN depends on where the NaN is
+        params = [[3.0, 4.0], [6.0, 8.0], [9.0, 12.0]]
+        params[bad_step] = [nan, 4.0]
+        comparison = compare.Comparison({"params": params}, reference, "fp32")
+        assert not comparison.correct and math.isnan(comparison.largest_error), bad_step
+    assert compare.percent_text([nan]) == "NaN"
+    short = compare.Comparison({"params": [[3.0, 4.0]]}, reference, "fp32")
+    assert not short.correct  # a run that stopped early is not a match

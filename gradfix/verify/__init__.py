@@ -260,7 +260,7 @@ class Outcome:
             if runs is None:
                 say(f"  {call_shapes.words(call):<62}{self.not_run[call]}")
                 continue
-            cells = [("matches" if c.correct else "WRONG") + f" ({compare.percent_text([max(c.update_errors)])})"
+            cells = [("matches" if c.correct else "WRONG") + f" ({compare.percent_text([c.largest_error])})"
                      for c in (runs["without gradfix"], runs["with gradfix"])]
             say(f"  {call_shapes.words(call):<62}{cells[0]:<20}{cells[1]}")
         wrong = self.wrong_calls("without gradfix")

@@ -5,6 +5,7 @@ forward returns by GA, so these shapes train differently there. A shape is writt
 
 OUTPUTS = {
     "tensor": "model returns its prediction",  # the loss is computed from it outside
+    "loss": "model returns its loss",  # one tensor, computed inside the model
     "model-output": "model returns {loss, logits}",  # a transformers ModelOutput called with labels
     "tuple": "model returns (loss, logits, hidden)",
     "shared": "loss adds a forward of engine.module",  # a shared loss

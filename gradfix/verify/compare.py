@@ -21,6 +21,7 @@ class Comparison:
 
     def __init__(self, run, reference, precision):
         self.precision = precision
+        self.steps_match = len(run["params"]) == len(reference["params"])
         initial = reference["initial"]
         self.max_param_differences = [max(abs(a - b) for a, b in zip(got, want))
                                       for got, want in zip(run["params"], reference["params"])]
@@ -29,7 +30,13 @@ class Comparison:
 
     @property
     def correct(self) -> bool:
-        return max(self.update_errors) <= TOLERANCE[self.precision]
+        # Each step on its own: max() of a list holding NaN depends on where the NaN is.
+        return self.steps_match and all(error <= TOLERANCE[self.precision] for error in self.update_errors)
+
+    @property
+    def largest_error(self) -> float:
+        """The worst step's update error; NaN when any step's parameters are not finite."""
+        return math.nan if any(math.isnan(e) for e in self.update_errors) else max(self.update_errors)
 
     def to_dict(self) -> dict:
         return {"correct": self.correct, "update_errors": self.update_errors,
@@ -48,6 +55,8 @@ class Combined:
 
 
 def _percent(error):
+    if math.isnan(error):
+        return "NaN"
     if error < 1e-4:
         return "<0.01%"
     return f"{100 * error:.2g}%" if error < 1 else f"{100 * error:.0f}%"  # 300%, not 3e+02%

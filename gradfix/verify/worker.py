@@ -81,6 +81,8 @@ class ReturnsOutputs(torch.nn.Module):
 
     def forward(self, x, y):
         loss, logits, hidden, aux_loss = model_loss(self.net, x, y, aux=self.output == "aux")
+        if self.output == "loss":
+            return loss
         if self.output == "model-output":
             return {"loss": loss, "logits": logits}
         if self.output == "aux":  # the loss includes the auxiliary loss, returned beside it
@@ -125,7 +127,7 @@ def run_reference(config, args, call=DEFAULT_CALL):
     clip = float(config.get("gradient_clipping", 0.0) or 0.0)
     net = build_model()
     initial = flat(net)
-    optimizer = torch.optim.SGD(net.parameters(), lr=LR)
+    optimizer = torch.optim.SGD(net.parameters(), lr=args.lr)
     params, norms = [], []
     for step in range(args.steps):
         for rank in range(args.world):
@@ -218,6 +220,8 @@ def micro_batch_loss(engine, output, batch, second_batch):
             engine(x2)
         return loss
     outputs = engine(x, y)
+    if output == "loss":
+        return outputs
     return outputs["loss"] if output in ("model-output", "aux") else outputs[0]
 
 
@@ -235,7 +239,7 @@ def train_deepspeed(deepspeed, config, args, call):
     net = build_model()
     initial = flat(net)
     model = model_for(net, output)
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=LR),
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=args.lr),
                                            config=config)
     if backward == "direct" and direct_backward_unsupported(engine):
         return {"skipped": direct_backward_unsupported(engine), "deepspeed": deepspeed.__version__}
@@ -248,7 +252,7 @@ def train_deepspeed(deepspeed, config, args, call):
         for micro in range(per_step):
             loss = micro_batch_loss(engine, output, cast(micro_batch(step, micro, rank, size)),
                                     cast(shared_batch(step, micro, rank, size)))
-            if several_backwards:  # the caller marks the inner backwards itself
+            if several_backwards and args.mark_boundaries:  # the caller marks the inner backwards itself
                 engine.set_gradient_accumulation_boundary(micro == per_step - 1)
             if backward == "direct":
                 (engine.scale(loss) if (config.get("fp16") or {}).get("enabled") else loss).backward()
@@ -289,7 +293,7 @@ def run_pipeline(config, args):
     initial = flat(net)
     module = PipelineModule(layers=list(net), num_stages=args.pipeline_stages, loss_fn=torch.nn.MSELoss(),
                             partition_method="uniform")
-    engine, _, _, _ = deepspeed.initialize(model=module, optimizer=torch.optim.SGD(module.parameters(), lr=LR),
+    engine, _, _, _ = deepspeed.initialize(model=module, optimizer=torch.optim.SGD(module.parameters(), lr=args.lr),
                                            config=config)
     replica = engine.grid.get_data_parallel_rank()
     dtype = next(engine.module.parameters()).dtype
@@ -343,7 +347,7 @@ def gradfix_records():
 def run_jobs(jobs, args):
     """Several runs in this one process, one after the other (the release tests batch
     them: a process start costs more than a run). Each job names its ``config`` and may
-    set ``backwards``, ``user_scaled_loss`` and ``calls``; each result's gradfix records
+    set ``backwards``, ``mark_boundaries``, ``user_scaled_loss``, ``lr`` and ``calls``; each result's gradfix records
     count the hits of that job alone."""
     deepspeed = start_deepspeed(args.device) if args.mode == "deepspeed" else None
     results = []
@@ -351,6 +355,8 @@ def run_jobs(jobs, args):
         job_args = argparse.Namespace(**vars(args))
         job_args.backwards = job.get("backwards", 1)
         job_args.user_scaled_loss = job.get("user_scaled_loss", False)
+        job_args.mark_boundaries = job.get("mark_boundaries", True)
+        job_args.lr = job.get("lr", LR)
         job_args.calls = job.get("calls") or [DEFAULT_CALL]
         before = gradfix_records()
         if deepspeed is None:
@@ -387,6 +393,10 @@ def main(argv=None):
                         help="deepspeed only: train the model as a PipelineModule of this many stages")
     parser.add_argument("--calls", type=parse_calls, default=[DEFAULT_CALL],
                         help="call shapes OUTPUT:BACKWARD, comma-separated (gradfix.verify.calls)")
+    parser.add_argument("--lr", type=float, default=LR, help="SGD learning rate")
+    parser.add_argument("--unmarked", dest="mark_boundaries", action="store_false",
+                        help="with --backwards N: do not mark the inner backwards with "
+                        "set_gradient_accumulation_boundary (a caller that does not know it should)")
     parser.add_argument("--user-scaled-loss", action="store_true",
                         help="divide the loss by GA here and call engine.backward(loss, scale_wrt_gas=False)")
     args = parser.parse_args(argv)
@@ -396,7 +406,8 @@ def main(argv=None):
     if args.jobs:
         with open(args.jobs) as handle:
             results = run_jobs(json.load(handle), args)
-        print("RESULTS " + json.dumps(results), flush=True)
+        if int(os.environ.get("RANK", "0")) == 0:  # ranks hold the same parameters; one line, not interleaved
+            print("RESULTS " + json.dumps(results), flush=True)
         return
     with open(args.config) as handle:
         config = json.load(handle)
