@@ -150,3 +150,14 @@ def test_explain_rejects_what_it_must():
     assert records.explain(dict(record, gradfix="wrong"), [entry], []) is None
     assert records.explain(dict(record, unpatched="right", gradfix="wrong"), [entry], []) is None
     assert records.explain(dict(record, unpatched="right", gradfix="right"), [entry], []) == "right without gradfix"
+
+
+def test_the_ci_slice_flags_what_differs():
+    from conformance_slice import disagreements
+
+    old = {"c": {"case": "c", "unpatched": "wrong", "unpatched_error": 0.75, "gradfix": "right", "gradfix_error": 0.0}}
+    assert disagreements([dict(old["c"])], old) == []
+    assert disagreements([dict(old["c"], unpatched_error=0.7501)], old) == []  # within 1e-3
+    assert disagreements([dict(old["c"], unpatched_error=0.76)], old)
+    assert disagreements([dict(old["c"], gradfix="wrong")], old)
+    assert disagreements([dict(old["c"], gradfix_error="nan")], old)
