@@ -4,6 +4,8 @@
 * the support table in README.md, between its ``support-table`` markers, and the
   conformance summaries (patches/conformance.json, gradfix.conformance.records),
   between its ``conformance-table`` and ``conformance-trainer-table`` markers;
+* ``patches/conformance_summary.json``, what ``gradfix doctor`` says about an installed
+  release (the matrix itself is not shipped);
 * ``WATCHED`` in the start-up module (``gradfix/_site/_gradfix_bootstrap.py``): the
   top-level packages whose first import activates gradfix under ``GRADFIX=1``.
 
@@ -157,13 +159,23 @@ def _replace_between(text: str, begin: str, end: str, block: str) -> str:
     return f"{head}{begin}\n{block}\n{end}{tail}"
 
 
+def conformance_summary_text(patches: str) -> str:
+    from .conformance import records
+
+    matrix = records.load(os.path.join(patches, records.MATRIX))
+    return records.summary_text(matrix, records.known_uncovered(os.path.join(patches, records.KNOWN)))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true", help="only check that the files are current")
     args = parser.parse_args(argv)
     patches = os.path.join(REPO, "patches")
     stale = []
-    derived = ((INDEX, index_text(patches)), (README, readme_text(patches)), (BOOTSTRAP, bootstrap_text(patches)))
+    from .conformance import records
+
+    derived = ((INDEX, index_text(patches)), (README, readme_text(patches)), (BOOTSTRAP, bootstrap_text(patches)),
+               (os.path.join(patches, records.SUMMARY), conformance_summary_text(patches)))
     for path, wanted in derived:
         current = open(path, encoding="utf-8").read() if os.path.exists(path) else None
         if current != wanted:

@@ -43,6 +43,16 @@ def bootstrap_installed() -> bool:
     return bool(bootstrap_paths()) and importlib.util.find_spec("_gradfix_bootstrap") is not None
 
 
+def _conformance_lines() -> List[str]:
+    """What the committed conformance matrix says about the installed DeepSpeed and
+    transformers: how many of its cases train wrong without gradfix, how many gradfix
+    corrects, and the known problems it does not."""
+    from .conformance import records
+
+    versions = installed_versions(tuple(records.COLUMNS))
+    return records.doctor_lines({k: v for k, v in versions.items() if v}, records.load_summary())
+
+
 def run(out: TextIO) -> int:
     problems: List[str] = []
     advice: List[str] = []
@@ -104,6 +114,12 @@ def run(out: TextIO) -> int:
         elif verdict == DISABLED and status.installed_version:
             advice.append(f"{entry.id} is disabled here, so {entry.package} "
                           f"{status.installed_version} keeps its bug if it is in the affected range.")
+
+    conformance = _conformance_lines()
+    if conformance:
+        say("\nConformance matrix (DeepSpeed and Trainer against plain PyTorch, README):")
+        for line in conformance:
+            say(f"  {line}")
 
     if problems:
         say("\nProblems:")

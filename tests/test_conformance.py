@@ -161,3 +161,19 @@ def test_the_ci_slice_flags_what_differs():
     assert disagreements([dict(old["c"], unpatched_error=0.76)], old)
     assert disagreements([dict(old["c"], gradfix="wrong")], old)
     assert disagreements([dict(old["c"], gradfix_error="nan")], old)
+
+
+def test_doctor_says_what_the_matrix_found_for_the_installed_releases(matrix):
+    known = records.known_uncovered(str(PATCHES / records.KNOWN))
+    summary = records.summary(matrix, known)
+    lines = records.doctor_lines({"deepspeed": "0.18.3", "transformers": "4.48.0"}, summary)
+    deepspeed = next(line for line in lines if line.startswith("deepspeed 0.18.3:"))
+    outcomes = [records.outcome(r) for r in matrix if r["package"] == "deepspeed" and r["release"] == "0.18.3"]
+    assert f"{len(outcomes)} cases" in deepspeed
+    assert f"gradfix corrects {outcomes.count('corrected')}" in deepspeed
+    assert f"still wrong with gradfix: {outcomes.count('WRONG with gradfix')}" in deepspeed
+    assert any("set_gradient_accumulation_boundary" in line for line in lines)  # the known reason, in words
+    assert any("huggingface/transformers#37923" in line for line in lines)
+    unknown = records.doctor_lines({"deepspeed": "0.1.0"}, summary)
+    assert len(unknown) == 1 and "not in the conformance matrix" in unknown[0]
+    assert records.doctor_lines({}, summary) == []

@@ -21,6 +21,8 @@ def test_index_and_readme_table_are_current():
     assert (REPO / "README.md").read_text() == _generate.readme_text(patches, str(REPO / "README.md")), (
         "run `python -m gradfix._generate`"
     )
+    assert (REPO / "patches" / "conformance_summary.json").read_text() == _generate.conformance_summary_text(
+        patches), "run `python -m gradfix._generate`"
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@ import os
 
 MATRIX = "conformance.json"
 KNOWN = "conformance_known.json"
+SUMMARY = "conformance_summary.json"  # generated from MATRIX; shipped, read by `gradfix doctor`
 
 
 def _patches_dir():
@@ -127,22 +128,92 @@ COLUMNS = {  # package -> (column, which records it holds)
 }
 
 
+OUTCOMES = ("right", "corrected", "WRONG with gradfix", "not run")
+
+
+def outcome(record):
+    """How a case came out, in the words of the README table."""
+    if record["unpatched"] == "not_run":
+        return "not run"
+    if record["unpatched"] == "right":
+        return "right"
+    return "corrected" if record["gradfix"] == "right" else "WRONG with gradfix"
+
+
+def _counts(records):
+    counts = {}
+    for r in records:
+        counts[outcome(r)] = counts.get(outcome(r), 0) + 1
+    return {k: counts[k] for k in OUTCOMES if k in counts}
+
+
 def _cell(records):
     if not records:
         return "-"
-    counts = {}
-    for r in records:
-        if r["unpatched"] == "not_run":
-            key = "not run"
-        elif r["unpatched"] == "right":
-            key = "right"
-        elif r["gradfix"] == "right":
-            key = "corrected"
-        else:
-            key = "WRONG with gradfix"
-        counts[key] = counts.get(key, 0) + 1
-    order = ("right", "corrected", "WRONG with gradfix", "not run")
-    return ", ".join(f"{counts[k]} {k}" for k in order if k in counts)
+    return ", ".join(f"{n} {k}" for k, n in _counts(records).items())
+
+
+def summary(records, known):
+    """What `gradfix doctor` tells about an installed release, per package and release:
+    the case count, each column's outcome counts, and the reasons of the known
+    uncovered problems its cases hit."""
+    out = {}
+    for package, columns in COLUMNS.items():
+        by_release = {}
+        for r in records:
+            if r["package"] == package:
+                by_release.setdefault(r["release"], []).append(r)
+        for release, rows in by_release.items():
+            reasons = sorted({k["reason"] for r in rows if outcome(r) == "WRONG with gradfix"
+                              for k in known if _matches(k, r)})
+            out.setdefault(package, {})[release] = {
+                "cases": len(rows),
+                "columns": {name: _counts([r for r in rows if pick(r)]) for name, pick in columns},
+                "known": reasons}
+    return out
+
+
+def summary_text(records, known):
+    return json.dumps(summary(records, known), indent=1, sort_keys=True) + "\n"
+
+
+def load_summary(path=None):
+    path = path or os.path.join(_patches_dir(), SUMMARY)
+    if not os.path.exists(path):
+        return {}
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def doctor_lines(versions, summary_data):
+    """Lines for `gradfix doctor` about the installed ``versions`` ({package: version})."""
+    lines = []
+    for package in COLUMNS:
+        version = versions.get(package)
+        if not version:
+            continue
+        releases = summary_data.get(package, {})
+        found = releases.get(version)
+        if found is None:
+            lines.append(f"{package} {version}: not in the conformance matrix (it has {len(releases)} releases "
+                         f"of {package}); `python -m nox -s conformance` in a gradfix checkout runs it")
+            continue
+        totals = {}
+        for counts in found["columns"].values():
+            for key, n in counts.items():
+                totals[key] = totals.get(key, 0) + n
+        wrong = totals.get("corrected", 0) + totals.get("WRONG with gradfix", 0)
+        where = ", ".join(f"{name} {counts.get('corrected', 0) + counts.get('WRONG with gradfix', 0)}"
+                          for name, counts in found["columns"].items()
+                          if counts.get("corrected", 0) + counts.get("WRONG with gradfix", 0))
+        line = f"{package} {version}: {found['cases']} cases; wrong without gradfix: {wrong}"
+        line += f" ({where})" if where else ""
+        line += f"; gradfix corrects {totals.get('corrected', 0)}"
+        if totals.get("WRONG with gradfix"):
+            line += f"; still wrong with gradfix: {totals['WRONG with gradfix']} (known, below)"
+        lines.append(line)
+        lines += [f"  known, not corrected: {reason}" for reason in found["known"]]
+    return lines
 
 
 def variants(records, package="deepspeed"):
