@@ -2,7 +2,7 @@
 
 * ``gradfix/_catalog_index.py``, the pre-validated catalog read at start-up;
 * the support table in README.md, between its ``support-table`` markers, and the
-  conformance summaries (patches/conformance.json, gradfix.conformance.records),
+  conformance summaries (patches/conformance.json, gradfix.conformance.summary),
   between its ``conformance-table`` and ``conformance-trainer-table`` markers;
 * ``patches/conformance_summary.json``, what ``gradfix doctor`` says about an installed
   release (the matrix itself is not shipped);
@@ -141,14 +141,14 @@ def support_table(patches: str) -> str:
 
 
 def readme_text(patches: str, readme: str = README) -> str:
-    from .conformance import records
+    from .conformance import records, summary
 
     with open(readme, encoding="utf-8") as handle:
         text = handle.read()
     text = _replace_between(text, BEGIN, END, support_table(patches))
     matrix = records.load(os.path.join(patches, records.MATRIX))
-    text = _replace_between(text, CONFORMANCE_BEGIN, CONFORMANCE_END, records.summary_table(matrix, "deepspeed"))
-    return _replace_between(text, TRAINER_BEGIN, TRAINER_END, records.summary_table(matrix, "transformers"))
+    text = _replace_between(text, CONFORMANCE_BEGIN, CONFORMANCE_END, summary.summary_table(matrix, "deepspeed"))
+    return _replace_between(text, TRAINER_BEGIN, TRAINER_END, summary.summary_table(matrix, "transformers"))
 
 
 def _replace_between(text: str, begin: str, end: str, block: str) -> str:
@@ -160,10 +160,10 @@ def _replace_between(text: str, begin: str, end: str, block: str) -> str:
 
 
 def conformance_summary_text(patches: str) -> str:
-    from .conformance import records
+    from .conformance import records, summary
 
     matrix = records.load(os.path.join(patches, records.MATRIX))
-    return records.summary_text(matrix, records.known_uncovered(os.path.join(patches, records.KNOWN)))
+    return summary.summary_text(matrix, records.known_uncovered(os.path.join(patches, records.KNOWN)))
 
 
 def main(argv=None) -> int:
@@ -172,10 +172,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     patches = os.path.join(REPO, "patches")
     stale = []
-    from .conformance import records
+    from .conformance import summary
 
     derived = ((INDEX, index_text(patches)), (README, readme_text(patches)), (BOOTSTRAP, bootstrap_text(patches)),
-               (os.path.join(patches, records.SUMMARY), conformance_summary_text(patches)))
+               (os.path.join(patches, summary.SUMMARY), conformance_summary_text(patches)))
     for path, wanted in derived:
         current = open(path, encoding="utf-8").read() if os.path.exists(path) else None
         if current != wanted:

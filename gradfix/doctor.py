@@ -47,10 +47,10 @@ def _conformance_lines() -> List[str]:
     """What the committed conformance matrix says about the installed DeepSpeed and
     transformers: how many of its cases train wrong without gradfix, how many gradfix
     corrects, and the known problems it does not."""
-    from .conformance import records
+    from .conformance import summary
 
-    versions = installed_versions(tuple(records.COLUMNS))
-    return records.doctor_lines({k: v for k, v in versions.items() if v}, records.load_summary())
+    versions = installed_versions(tuple(summary.COLUMNS))
+    return summary.doctor_lines({k: v for k, v in versions.items() if v}, summary.load_summary())
 
 
 def run(out: TextIO) -> int:

@@ -9,7 +9,7 @@ from packaging.specifiers import SpecifierSet
 
 from gradfix import catalog
 from helpers import REPO
-from gradfix.conformance import covering, deepspeed_cases, records, trainer_cases
+from gradfix.conformance import covering, deepspeed_cases, records, summary, trainer_cases
 
 WAYS = {"right", "wrong", "not_run"}
 DESIGNS = {"deepspeed": deepspeed_cases, "transformers": trainer_cases}
@@ -138,7 +138,7 @@ def test_known_uncovered_entries_are_well_formed_and_used(matrix):
         assert set(entry) == {"package", "releases", "match", "reason", "patch"}, entry
         SpecifierSet(entry["releases"])
         assert set(entry["match"]) <= set(DESIGNS[entry["package"]].AXES), entry
-        assert any(records._matches(entry, r) and r["unpatched"] == "wrong" for r in matrix), (
+        assert any(records.matches(entry, r) and r["unpatched"] == "wrong" for r in matrix), (
             f"known entry matches no wrong record any more: {entry['reason'][:80]}")
 
 
@@ -165,15 +165,15 @@ def test_the_ci_slice_flags_what_differs():
 
 def test_doctor_says_what_the_matrix_found_for_the_installed_releases(matrix):
     known = records.known_uncovered(str(PATCHES / records.KNOWN))
-    summary = records.summary(matrix, known)
-    lines = records.doctor_lines({"deepspeed": "0.18.3", "transformers": "4.48.0"}, summary)
+    found = summary.summary(matrix, known)
+    lines = summary.doctor_lines({"deepspeed": "0.18.3", "transformers": "4.48.0"}, found)
     deepspeed = next(line for line in lines if line.startswith("deepspeed 0.18.3:"))
-    outcomes = [records.outcome(r) for r in matrix if r["package"] == "deepspeed" and r["release"] == "0.18.3"]
+    outcomes = [summary.outcome(r) for r in matrix if r["package"] == "deepspeed" and r["release"] == "0.18.3"]
     assert f"{len(outcomes)} cases" in deepspeed
     assert f"gradfix corrects {outcomes.count('corrected')}" in deepspeed
     assert f"still wrong with gradfix: {outcomes.count('WRONG with gradfix')}" in deepspeed
     assert any("set_gradient_accumulation_boundary" in line for line in lines)  # the known reason, in words
     assert any("huggingface/transformers#37923" in line for line in lines)
-    unknown = records.doctor_lines({"deepspeed": "0.1.0"}, summary)
+    unknown = summary.doctor_lines({"deepspeed": "0.1.0"}, found)
     assert len(unknown) == 1 and "not in the conformance matrix" in unknown[0]
-    assert records.doctor_lines({}, summary) == []
+    assert summary.doctor_lines({}, found) == []

@@ -16,7 +16,7 @@ import os
 import sys
 import time
 
-from . import deepspeed_cases, records, runner, trainer_cases
+from . import deepspeed_cases, records, runner, summary, trainer_cases
 
 
 def _summary(package, release, found, seconds):
@@ -79,7 +79,7 @@ def _transformers_release(args, release):
 
 
 def _run(args):
-    path = args.out or os.path.join(records._patches_dir(), records.MATRIX)
+    path = args.out or os.path.join(records.patches_dir(), records.MATRIX)
     one_release = _deepspeed_release if args.package == "deepspeed" else _transformers_release
     for release in args.releases.split(","):
         started = time.monotonic()
@@ -114,7 +114,7 @@ def _rerun_inconsistent(found, cases, alone):
 
 def _matrix_path(args):
     """The matrix file, or None after saying why there is none (a wheel does not ship it)."""
-    path = args.matrix or os.path.join(records._patches_dir(), records.MATRIX)
+    path = args.matrix or os.path.join(records.patches_dir(), records.MATRIX)
     if not os.path.exists(path):
         print(f"no conformance records at {path}: run from a checkout of gradfix (patches/{records.MATRIX}) "
               "or pass --matrix", file=sys.stderr)
@@ -142,7 +142,7 @@ def _table(args):
     if path is None:
         return 2
     matrix = records.load(path)
-    print("\n\n".join(records.summary_table(matrix, package) for package in records.COLUMNS))
+    print("\n\n".join(summary.summary_table(matrix, package) for package in summary.COLUMNS))
     return 0
 
 

@@ -1,13 +1,16 @@
-"""Run the DeepSpeed cases on one installed release: each case three ways (DeepSpeed
-without gradfix, DeepSpeed with GRADFIX=1, the plain PyTorch reference), batched
-into one verify-worker process per way and rank count, and turn the results into
-matrix records (gradfix.conformance.records)."""
+"""Run the cases on one installed release and turn the results into matrix records
+(gradfix.conformance.records).
+
+DeepSpeed: each case three ways (without gradfix, with GRADFIX=1, the plain PyTorch
+reference), batched into one verify-worker process per way and rank count. Trainer:
+two ways (the worker compares each run with its own reference), one process per way,
+rank count and DeepSpeed on or off."""
 
 import atexit
 import json
 import math
-import re
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -53,8 +56,9 @@ _numactl_folder = []
 
 def _numactl_stand_in():
     """A folder holding a ``numactl --hardware`` that reports one NUMA node. DeepSpeed's
-    CPU accelerator counts its devices with it (ZeRO-3 asks, up to 0.16.x), and a CPU
-    machine without the numactl package would fail those cases for no reason of theirs."""
+    CPU accelerator counts its devices with it when LOCAL_SIZE is unset or 0 (0.14.5's
+    ZeRO-3 asks), and a CPU machine without the numactl package would fail those cases
+    for no reason of theirs."""
     if not _numactl_folder:
         folder = tempfile.mkdtemp(prefix="gradfix-numactl-")
         path = os.path.join(folder, "numactl")
