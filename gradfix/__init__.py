@@ -8,7 +8,9 @@ are applied lazily, when the framework module they fix is imported.
 import os as _os
 import sys as _sys
 
-from ._version import __version__
+__version__ = "0.1.0"  # here rather than in a module of its own: one import less at every start-up
+
+from . import engine as _engine
 from .engine import GradfixStrictError, UnknownPatchError, activate, deactivate, is_active, revert, status
 from .registry import PatchStatus, State
 
@@ -37,7 +39,7 @@ def _started_as_cli() -> bool:
 
 if not _started_as_cli():
     try:
-        activate()
+        _engine.start()  # activate() without the status snapshot it returns
     except GradfixStrictError:
         raise
     except Exception as _exc:  # a bug in gradfix must not break the program importing it

@@ -42,17 +42,15 @@ def _checked_catalog(patches: str) -> catalog.Catalog:
 def index_text(patches: str) -> str:
     loaded = _checked_catalog(patches)
     targets = _targets(patches)
-    sources = {}
-    for name in sorted(os.listdir(patches)):
-        if name.endswith(".toml"):
-            with open(os.path.join(patches, name), encoding="utf-8") as handle:
-                sources[name] = handle.read()
+    files = {os.path.basename(path): catalog.fingerprint(path) for path in catalog._toml_files(patches)}
     lines = [
         '"""The built-in catalog, validated and compiled from patches/*.toml by',
         "`python -m gradfix._generate`. Do not edit: edit patches/ and regenerate.",
         '"""',
         "",
-        f"SOURCES = {sources!r}",
+        "# file name -> (size, CRC-32) of each patches/*.toml compiled here: a checkout's",
+        "# files are compared with these (a wheel's catalog by the names only).",
+        f"FILES = {files!r}",
         "",
         "# implementation -> the module it patches (its TARGET): the engine arms a patch",
         "# from this and imports the fix module only when that module is imported.",

@@ -49,22 +49,38 @@ def split_unpatched(item: str):
 
 
 class CatalogEntry:
-    """One validated catalog file. ``affected`` and ``fixed_in`` are parsed with
-    ``packaging`` on first use only."""
+    """One validated catalog file. Activation reads only the fields in ``__slots__``;
+    the texts and lists are taken from the validated fields when first asked for, so
+    that every start-up pays little per entry. ``affected`` and ``fixed_in`` are parsed
+    with ``packaging`` on first use only."""
 
-    __slots__ = tuple(SCHEMA) + tuple(OPTIONAL) + ("path", "target", "_parsed")
+    __slots__ = ("id", "package", "affected", "fixed_in", "implementation", "target", "_fields", "_directory",
+                 "_parsed")
 
-    def __init__(self, fields: dict, path: str):
-        for name in SCHEMA:
-            setattr(self, name, fields[name])
-        for name, (_, _, default) in OPTIONAL.items():
-            setattr(self, name, tuple(fields.get(name, default)))
-        self.upstream = tuple(self.upstream)
-        self.path = path
+    def __init__(self, fields: dict, directory: str):
+        self.id = fields["id"]
+        self.package = fields["package"]
+        self.affected = fields["affected"]
+        self.fixed_in = fields["fixed_in"]
+        self.implementation = fields["implementation"]
+        self._fields = fields
+        self._directory = directory  # the file is <directory>/<id>.toml (validated)
         # The module the fix patches (its TARGET), when the index knows the implementation:
         # the engine then arms the patch without importing the fix module.
         self.target = known_target(self.implementation)
         self._parsed = None
+
+    def __getattr__(self, name):  # only for what __slots__ does not hold
+        if name in SCHEMA:
+            value = self._fields[name]
+            return tuple(value) if name == "upstream" else value
+        if name in OPTIONAL:
+            return tuple(self._fields.get(name, OPTIONAL[name][2]))
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    @property
+    def path(self) -> str:
+        return os.path.join(self._directory, self.id + ".toml")
 
     def to_dict(self) -> dict:
         data = {name: getattr(self, name) for name in SCHEMA}
@@ -226,7 +242,7 @@ def validate(path: str, data: dict) -> CatalogEntry:
     fields.update(affected=",".join(specs), fixed_in=str(fixed_in), since=str(since),
                   upstream=[ref.strip() for ref in upstream], numerics_changed=[str(v) for v in changed_versions],
                   unpatched=[item.strip() for item in unpatched])
-    return CatalogEntry(fields, path)
+    return CatalogEntry(fields, os.path.dirname(path))
 
 
 def _toml():
@@ -283,19 +299,27 @@ def _from_index(directory: str, files, shipped: bool = False):
         from . import _catalog_index as index
     except ImportError:
         return None
-    if sorted(index.SOURCES) != [os.path.basename(f) for f in files]:
+    if sorted(index.FILES) != [os.path.basename(f) for f in files]:
         return None
-    if not shipped:
-        for path in files:
-            with open(path, encoding="utf-8") as handle:
-                if handle.read() != index.SOURCES[os.path.basename(path)]:
-                    return None
+    if not shipped and any(fingerprint(path) != index.FILES[os.path.basename(path)] for path in files):
+        return None
     return _entries(directory, index.ENTRIES)
+
+
+def fingerprint(path: str):
+    """(size, CRC-32) of a catalog file: tells a checkout's edited file from the one
+    the index was compiled from (not a defence against tampering: the catalog folder is
+    as trusted as gradfix's own code)."""
+    import zlib
+
+    with open(path, "rb") as handle:
+        data = handle.read()
+    return len(data), zlib.crc32(data)
 
 
 def _entries(directory: str, recorded) -> list:
     """Catalog entries from validated field dicts recorded for ``directory``."""
-    return [CatalogEntry(fields, os.path.join(directory, fields["id"] + ".toml")) for fields in recorded]
+    return [CatalogEntry(fields, directory) for fields in recorded]
 
 
 FOLDER_INDEX = "gradfix-index.marshal"
@@ -330,7 +354,7 @@ def _from_folder_index(directory: str, files):
     """The entries FOLDER_INDEX recorded for ``directory`` if its files are unchanged, else None."""
     try:
         with open(os.path.join(directory, FOLDER_INDEX), "rb") as handle:
-            record = marshal.load(handle)
+            record = marshal.loads(handle.read())  # marshal.load reads a file object piece by piece: slow
         if record["format"] != _FOLDER_INDEX_FORMAT or record["stamps"] != _stamps(files):
             return None
         return _entries(directory, record["entries"])
@@ -370,8 +394,8 @@ def load(extra_dirs=(), include_builtin: bool = True, use_index: bool = True) ->
         for entry in loaded:
             if entry.id in seen:
                 problems.append(CatalogProblem(entry.path, "id",
-                                               f"{entry.id!r} is already defined in {seen[entry.id]}"))
+                                               f"{entry.id!r} is already defined in {seen[entry.id].path}"))
                 continue
-            seen[entry.id] = entry.path
+            seen[entry.id] = entry
             entries.append(entry)
     return Catalog(entries, problems)

@@ -17,7 +17,7 @@ import sys
 from typing import List, Optional
 
 from . import config, doctor, engine
-from ._version import __version__
+from . import __version__
 from .registry import State
 from .verdicts import NEEDS_ATTENTION, assess_catalog
 

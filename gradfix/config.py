@@ -100,7 +100,7 @@ def _profile(raw: str, problems: list):
         return None
     from packaging.version import InvalidVersion, Version
 
-    from gradfix._version import __version__
+    from gradfix import __version__
 
     try:
         profile = Version(text)

@@ -11,7 +11,7 @@ from typing import List, TextIO
 
 from . import catalog as catalog_module
 from . import config
-from ._version import __version__
+from . import __version__
 from .versions import installed_versions
 from .verdicts import APPLIES, DISABLED, ERROR, PACKAGE_ABSENT, UNSUPPORTED, assess_catalog
 

@@ -16,12 +16,13 @@ import atexit
 import sys
 
 from . import catalog as catalog_module
-from . import config, hooks, report
+from . import config, report
 from .registry import PatchRecord, Registry, State
-from .versions import installed_versions
+from .versions import Scan, installed_versions, scan
 
-# gates, implementation, profile, importlib and gradfix.ray are imported where they are
-# needed: most processes need none of them at activation (the start-up budget is 3 ms).
+# hooks, gates, implementation, profile, importlib and gradfix.ray are imported where
+# they are needed: a process without any catalog framework or Ray installed needs none
+# of them at activation (the start-up budget is 3 ms).
 
 
 class GradfixStrictError(RuntimeError):
@@ -64,9 +65,13 @@ def is_active() -> bool:
     return _active
 
 
+RAY = "ray"
+
+
 def _on_ray_imported(_module) -> None:
     """Ray's own package is imported first: hook ray.init and the job SDK from here (each
     at once when it already is), so that `import gradfix` never loads gradfix.ray."""
+    from . import hooks
     from . import ray as ray_support
 
     for name in (*ray_support.RAY_INIT_MODULES, ray_support.RAY_JOB_SDK):
@@ -75,20 +80,28 @@ def _on_ray_imported(_module) -> None:
 
 def _register_ray_hooks() -> None:
     """Ray workers start from the cluster, not from this process: once Ray is imported
-    here, ray.init carries the GRADFIX variables to them (gradfix.ray)."""
+    here, ray.init carries the GRADFIX variables to them (gradfix.ray). Only where Ray
+    is installed (or importable): elsewhere no import hook is needed for it."""
     global _ray_hooks_registered
-    if _ray_hooks_registered:
+    if _ray_hooks_registered or not (_scan.versions.get(RAY) or _importable(RAY)):
         return
     _ray_hooks_registered = True
-    hooks.when_imported("ray", _on_ray_imported)
+    from . import hooks
+
+    hooks.when_imported(RAY, _on_ray_imported)
 
 
 def activate():
     """Evaluate every catalog entry and arm or apply its patch; returns status()."""
+    start()
+    return REGISTRY.snapshot()
+
+
+def start() -> None:
+    """What ``import gradfix`` runs: activate() without the status snapshot."""
     global _settings, _atexit_registered, _active
     settings = _settings = config.current()
     _active = True
-    _register_ray_hooks()
     report.configure(settings.log_level, settings.profile)
     for problem in settings.problems:
         _warn_once(problem)
@@ -102,8 +115,9 @@ def activate():
         atexit.register(_at_exit)
         _atexit_registered = True
 
-    versions = installed_versions({entry.package for entry in catalog.entries})
-    _found.clear()
+    _scan_path(catalog.entries)
+    _register_ray_hooks()
+    versions = _scan.versions
     with REGISTRY.lock:
         for entry in catalog.entries:
             record = REGISTRY.record_for(entry)
@@ -117,32 +131,50 @@ def activate():
                 raise
             except Exception as exc:  # e.g. a dependency missing from a broken install
                 record.set(State.FAILED, f"{type(exc).__name__}: {exc}")
-        statuses = REGISTRY.snapshot()
-    report.log_summary(statuses)
+        records = REGISTRY.records()
+    report.log_summary(records)
     if settings.strict:
         if catalog.problems:
             raise GradfixStrictError(
                 "GRADFIX_STRICT=1 and the catalog has errors: " + "; ".join(map(str, catalog.problems))
             )
-        troubled = [s for s in statuses if s.state in _TROUBLE]
+        troubled = [r for r in records if r.state in _TROUBLE]
         if troubled:
             raise _strict_error(troubled)
-    return statuses
 
 
+_scan = Scan({}, set(), set(), True)  # what this activation's pass over sys.path found
 _found = {}  # top-level module -> importable, for one activation (every entry of a package asks)
 
 
+def _scan_path(entries) -> None:
+    """One pass over sys.path for the activation: the catalog's (and Ray's) versions,
+    and which target packages a sys.path folder holds without metadata (a checkout)."""
+    global _scan
+    packages = {entry.package for entry in entries}
+    modules = {entry.target.partition(".")[0] for entry in entries if entry.target}
+    _scan = scan(packages | {RAY}, modules | {RAY})
+    _found.clear()
+
+
 def _importable(module_name: str) -> bool:
-    """Whether a top-level module can be found, without importing it."""
-    if module_name in sys.modules:
+    """Whether a top-level module can be found, without importing it. The sys.path
+    folders were listed by the activation's scan; only other finders (an editable
+    install's, a zip archive's) are asked here."""
+    if module_name in sys.modules or module_name in _scan.modules:
         return True
     if module_name not in _found:
         _found[module_name] = any(
             getattr(finder, "find_spec", None) and finder.find_spec(module_name, None) is not None
             for finder in sys.meta_path
+            if not (_scan.complete and module_name in _scan.searched and _searches_path(finder))
         )
     return _found[module_name]
+
+
+def _searches_path(finder) -> bool:
+    """The standard finder of sys.path folders, whose listings the scan has read."""
+    return getattr(finder, "__name__", None) == "PathFinder" and finder.__module__ == "_frozen_importlib_external"
 
 
 def _version_gate(record, settings) -> bool:
@@ -224,6 +256,8 @@ def _arm(record) -> None:
     record.set(State.ARMED, f"waiting for {target} to be imported")
     report.debug(f"gradfix: {entry.id} armed ({target})")
     if not record.hook_registered:
+        from . import hooks
+
         record.hook_registered = True
         hooks.when_imported(target, lambda module: _on_target_imported(entry.id, module))
     elif target in sys.modules:  # re-activated after a revert: the hook has fired already

@@ -51,19 +51,36 @@ class PatchStatus:
 
 
 class PatchRecord:
-    """The engine's mutable view of one patch; guarded by ``Registry.lock``."""
+    """The engine's mutable view of one patch; guarded by ``Registry.lock``. It has the
+    attributes the summary line reads from a PatchStatus (id, package, state, reason,
+    installed_version, hits), so activation reports without taking snapshots."""
+
+    # Defaults as class attributes: a record is created for every catalog entry at
+    # every start-up, and most are never changed beyond their state.
+    installed_version = None
+    package_present = True
+    state = None
+    reason = ""
+    version_verdict = None
+    target = None  # the module whose import applies the patch
+    fix = None  # the fix module, loaded when the target is imported
+    patcher = None
+    hook_registered = False
 
     def __init__(self, entry):
         self.entry = entry
-        self.installed_version = None
-        self.package_present = True
-        self.state = None
-        self.reason = ""
-        self.version_verdict = None
-        self.target = None  # the module whose import applies the patch
-        self.fix = None  # the fix module, loaded when the target is imported
-        self.patcher = None
-        self.hook_registered = False
+
+    @property
+    def id(self) -> str:
+        return self.entry.id
+
+    @property
+    def package(self) -> str:
+        return self.entry.package
+
+    @property
+    def hits(self) -> int:
+        return self.patcher.hits if self.patcher else 0
 
     def set(self, state: str, reason: str) -> None:
         self.state = state
@@ -71,7 +88,7 @@ class PatchRecord:
 
     def snapshot(self) -> PatchStatus:
         patcher = self.patcher
-        hits = patcher.hits if patcher else 0
+        hits = self.hits
         applied = self.state == State.APPLIED and self.fix is not None
         return PatchStatus(
             id=self.entry.id,

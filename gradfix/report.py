@@ -13,7 +13,6 @@ it either (it would be the largest part of ``import gradfix``).
 import os
 import sys
 
-from ._version import __version__
 from .registry import State
 
 DEBUG, INFO, WARNING = 10, 20, 30  # the logging module's levels
@@ -131,6 +130,8 @@ _ORDER = (
 
 def version_label() -> str:
     """``gradfix 0.2.0``, with the pinned patch set when GRADFIX_PROFILE chose one."""
+    from . import __version__  # set by the package before it imports the engine
+
     return f"gradfix {__version__}" + (f" (profile {_profile})" if _profile is not None else "")
 
 

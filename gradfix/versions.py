@@ -16,12 +16,10 @@ _STANDARD_LIBRARY = {os.path.dirname(os.__file__), os.path.join(os.path.dirname(
 
 def normalise(name: str) -> str:
     """PEP 503 name normalisation, with '_' as separator as in metadata folder names."""
-    out = []
-    for char in name.lower():
-        sep = char in "-_."
-        if not (sep and out and out[-1] == "_"):
-            out.append("_" if sep else char)
-    return "".join(out)
+    name = name.lower().replace("-", "_").replace(".", "_")
+    while "__" in name:
+        name = name.replace("__", "_")
+    return name
 
 
 def _metadata_file(path: str) -> str:
@@ -43,17 +41,49 @@ def _read_version(path: str):
     return None
 
 
-def installed_versions(distributions) -> dict:
-    """``{distribution: version or None}`` for each name, in one pass over sys.path."""
+class Scan:
+    """What one pass over sys.path found: ``versions`` ``{distribution: version or
+    None}``, and ``modules``, the asked-for top-level modules seen as a folder, a
+    ``.py`` file or an extension module in a listed sys.path folder, out of
+    ``searched``, the modules every sys.path folder was listed for. ``complete`` is
+    False when a sys.path entry is an archive (a zip file), which a listing cannot see
+    into: only an import system search can tell what it holds."""
+
+    __slots__ = ("versions", "modules", "searched", "complete")
+
+    def __init__(self, versions, modules, searched, complete):
+        self.versions, self.modules, self.searched, self.complete = versions, modules, searched, complete
+
+
+def _module_files(modules) -> dict:
+    """file or folder name -> top-level module, for the names a listing may show."""
+    import _imp  # built in: the extension suffixes without importing importlib
+
+    files = {}
+    for module in modules:
+        for suffix in ("", ".py", *_imp.extension_suffixes()):
+            files[module + suffix] = module
+    return files
+
+
+def scan(distributions, modules=()) -> Scan:
+    """Versions of ``distributions`` and which of the top-level ``modules`` a plain
+    sys.path folder holds, in one pass over sys.path (a listing each)."""
     wanted = {normalise(name): name for name in distributions}
-    found = {}
+    files = _module_files(modules) if modules else {}
+    found, seen, searched, complete = {}, set(), set(modules), True
     for entry in sys.path:
         if entry in _STANDARD_LIBRARY:
             continue
         try:
             names = os.listdir(entry or os.curdir)
-        except OSError:  # missing folder, zip file
+        except NotADirectoryError:  # a zip archive
+            complete = False
             continue
+        except OSError:  # a missing folder
+            continue
+        if files:
+            seen.update(files[name] for name in files.keys() & names)
         for name in names:
             if not name.endswith(_SUFFIXES):
                 continue
@@ -62,9 +92,15 @@ def installed_versions(distributions) -> dict:
                 version = _read_version(os.path.join(entry or os.curdir, name))
                 if version:
                     found[key] = version
-        if len(found) == len(wanted):
+        if len(found) == len(wanted):  # the modules matter only for distributions not found
+            searched = set()  # the later folders were not listed
             break
-    return {name: found.get(key) for key, name in wanted.items()}
+    return Scan({name: found.get(key) for key, name in wanted.items()}, seen, searched, complete)
+
+
+def installed_versions(distributions) -> dict:
+    """``{distribution: version or None}`` for each name, in one pass over sys.path."""
+    return scan(distributions).versions
 
 
 def installed_version(distribution: str):

@@ -3,7 +3,7 @@ the toy package gftoy (1.x buggy, 2.0 fixed) and the fixture patch."""
 
 import pytest
 
-from gradfix._version import __version__ as VERSION
+from gradfix import __version__ as VERSION
 
 import toy
 from toy import PATCH_ID, WORKLOAD

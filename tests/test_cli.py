@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from gradfix._version import __version__ as VERSION
+from gradfix import __version__ as VERSION
 
 import toy
 from toy import PATCH_ID

@@ -6,7 +6,7 @@ from packaging.version import Version
 
 import toy
 from gradfix import catalog, config, profile
-from gradfix._version import __version__ as VERSION
+from gradfix import __version__ as VERSION
 from toy import PATCH_ID, WORKLOAD
 
 STATUS = """

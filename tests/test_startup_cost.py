@@ -61,3 +61,43 @@ def test_a_stale_index_target_fails_the_patch_with_what_to_do(run_python):
     assert result.value("LOADED") is False
     reason = result.value("REASON")
     assert "the index is out of date" in reason and "python -m gradfix._generate" in reason
+
+
+def test_no_import_hook_is_installed_where_nothing_needs_one(run_python):
+    """No catalog framework and no Ray installed: no patch is armed, so gradfix installs
+    no import hook (and does not load the module that holds it)."""
+    code = CODE + "print('FINDERS', [type(f).__name__ for f in sys.meta_path])\n"
+    result = run_python(code, toy_release=None, catalogs=())
+    assert "gradfix.hooks" not in result.value("NEW")
+    assert "_Finder" not in result.value("FINDERS")
+
+
+def test_ray_installed_gets_its_hook(run_python, tmp_path):
+    """Ray's metadata alone (not imported): the hook that carries GRADFIX to Ray workers
+    is installed, so ray.init is wrapped when the program imports Ray."""
+    metadata = tmp_path / "site" / "ray-2.40.0.dist-info"
+    metadata.mkdir(parents=True)
+    (metadata / "METADATA").write_text("Metadata-Version: 2.1\nName: ray\nVersion: 2.40.0\n\n")
+    code = CODE + "from gradfix import hooks\nprint('WATCHED', 'ray' in hooks._callbacks)\n"
+    result = run_python(code, toy_release=None, catalogs=(), extra_paths=[tmp_path / "site"])
+    assert "gradfix.hooks" in result.value("NEW") and result.value("WATCHED") is True
+
+
+def test_a_checkout_without_metadata_is_armed(run_python, tmp_path):
+    """A framework importable from a plain folder on sys.path (no dist-info: a source
+    checkout) is found by the activation's listing of sys.path, without an import search,
+    and its patches are armed with the version unknown."""
+    (tmp_path / "src" / "deepspeed").mkdir(parents=True)
+    result = run_python(CODE + STATES, toy_release=None, catalogs=(), extra_paths=[tmp_path / "src"])
+    assert fix_modules(result.value("NEW")) == []
+    assert result.value("STATES")["ds-zero2-offload-ga"][0] == "armed"
+
+
+def test_a_checkout_inside_a_zip_archive_is_armed(run_python, tmp_path):
+    """A zip archive on sys.path cannot be listed: the import system is asked instead."""
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "frameworks.zip", "w") as archive:
+        archive.writestr("deepspeed/__init__.py", "")
+    result = run_python(CODE + STATES, toy_release=None, catalogs=(), extra_paths=[tmp_path / "frameworks.zip"])
+    assert result.value("STATES")["ds-zero2-offload-ga"][0] == "armed"

@@ -24,3 +24,30 @@ def test_first_installation_on_the_path_wins(tmp_path, monkeypatch):
     assert versions.installed_version("gftoy") == "1.4"
     assert versions.installed_version("GFToy") == "1.4"
     assert versions.installed_version("no-such-distribution") is None
+
+
+def test_scan_sees_top_level_modules_in_listed_folders(tmp_path, monkeypatch):
+    import _imp
+
+    (tmp_path / "folderpkg").mkdir()
+    (tmp_path / "plainmodule.py").write_text("")
+    (tmp_path / ("extmodule" + _imp.extension_suffixes()[0])).write_text("")
+    monkeypatch.setattr(sys, "path", [str(tmp_path)] + sys.path)
+    found = versions.scan(["no-such-distribution"], ["folderpkg", "plainmodule", "extmodule", "absentmodule"])
+    assert found.modules == {"folderpkg", "plainmodule", "extmodule"}
+    assert found.searched == {"folderpkg", "plainmodule", "extmodule", "absentmodule"} and found.complete
+
+
+def test_scan_of_a_zip_archive_is_incomplete(tmp_path, monkeypatch):
+    archive = tmp_path / "archive.zip"
+    archive.write_bytes(b"PK\x05\x06" + b"\0" * 18)  # an empty zip file
+    monkeypatch.setattr(sys, "path", [str(archive)] + sys.path)
+    assert versions.scan(["no-such-distribution"], ["folderpkg"]).complete is False
+
+
+def test_scan_stops_when_every_distribution_is_found_and_then_claims_no_module(tmp_path, monkeypatch):
+    (tmp_path / "later").mkdir()
+    (tmp_path / "later" / "folderpkg").mkdir()
+    monkeypatch.setattr(sys, "path", sys.path + [str(tmp_path / "later")])
+    found = versions.scan(["pytest"], ["folderpkg"])
+    assert found.versions["pytest"] and found.searched == set() and "folderpkg" not in found.modules

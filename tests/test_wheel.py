@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gradfix._version import __version__ as VERSION
+from gradfix import __version__ as VERSION
 
 import toy
 from helpers import REPO, clean_env
