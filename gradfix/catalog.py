@@ -55,7 +55,7 @@ class CatalogEntry:
     with ``packaging`` on first use only."""
 
     __slots__ = ("id", "package", "affected", "fixed_in", "implementation", "target", "_fields", "_directory",
-                 "_parsed")
+                 "_texts", "_parsed")
 
     def __init__(self, fields: dict, directory: str):
         self.id = fields["id"]
@@ -65,12 +65,27 @@ class CatalogEntry:
         self.implementation = fields["implementation"]
         self._fields = fields
         self._directory = directory  # the file is <directory>/<id>.toml (validated)
+        self._texts = None  # see indexed()
         # The module the fix patches (its TARGET), when the index knows the implementation:
         # the engine then arms the patch without importing the fix module.
         self.target = known_target(self.implementation)
         self._parsed = None
 
+    @classmethod
+    def indexed(cls, decision_fields: tuple, directory: str, texts):
+        """An entry of a folder index: its decision fields (id, package, affected,
+        fixed_in, implementation); ``texts(id)`` returns all of them when first needed."""
+        entry = cls.__new__(cls)
+        entry.id, entry.package, entry.affected, entry.fixed_in, entry.implementation = decision_fields
+        entry._fields, entry._directory, entry._texts, entry._parsed = None, directory, texts, None
+        entry.target = known_target(entry.implementation)
+        return entry
+
     def __getattr__(self, name):  # only for what __slots__ does not hold
+        if name.startswith("_"):  # an unset slot (a half-built copy): never recurse
+            raise AttributeError(name)
+        if self._texts is not None and (name in SCHEMA or name in OPTIONAL):
+            self._fields, self._texts = self._texts(self.id), None
         if name in SCHEMA:
             value = self._fields[name]
             return tuple(value) if name == "upstream" else value
@@ -271,8 +286,13 @@ def load_file(path: str) -> CatalogEntry:
 
 # -- loading ------------------------------------------------------------------
 
+def _toml_names(directory: str):
+    """The catalog files of ``directory``, by name, sorted."""
+    return sorted(name for name in os.listdir(directory) if name.endswith(".toml"))
+
+
 def _toml_files(directory: str):
-    return [os.path.join(directory, n) for n in sorted(os.listdir(directory)) if n.endswith(".toml")]
+    return [os.path.join(directory, name) for name in _toml_names(directory)]
 
 
 _targets = None  # the index's TARGETS, once read
@@ -291,19 +311,20 @@ def known_target(implementation: str):
     return _targets.get(implementation)
 
 
-def _from_index(directory: str, files, shipped: bool = False):
-    """The index's entries if it describes exactly these files, else None. ``shipped``:
-    the wheel's own copy of the catalog, installed with the index from the same build,
-    is checked by file names; a checkout's patches/ (edited by hand) file by file."""
+def _from_index(directory: str, names, shipped: bool = False):
+    """The index's entries if it describes exactly these files (by name), else None.
+    ``shipped``: the wheel's own copy of the catalog, installed with the index from the
+    same build, is checked by file names; a checkout's patches/ (edited by hand) file by
+    file."""
     try:
         from . import _catalog_index as index
     except ImportError:
         return None
-    if sorted(index.FILES) != [os.path.basename(f) for f in files]:
+    if sorted(index.FILES) != names:
         return None
-    if not shipped and any(fingerprint(path) != index.FILES[os.path.basename(path)] for path in files):
+    if not shipped and any(fingerprint(os.path.join(directory, name)) != index.FILES[name] for name in names):
         return None
-    return _entries(directory, index.ENTRIES)
+    return [CatalogEntry(fields, directory) for fields in index.ENTRIES]
 
 
 def fingerprint(path: str):
@@ -317,48 +338,82 @@ def fingerprint(path: str):
     return len(data), zlib.crc32(data)
 
 
-def _entries(directory: str, recorded) -> list:
-    """Catalog entries from validated field dicts recorded for ``directory``."""
-    return [CatalogEntry(fields, directory) for fields in recorded]
-
+# -- folder index (`gradfix index`) -----------------------------------------------
+#
+# FOLDER_INDEX holds two marshal records: the head, which start-up reads (each entry's
+# decision fields as a tuple, in file-name order, and the files' stamps unless the index
+# is unchecked), and the entries' full fields, decoded only when something asks for a
+# summary, trigger or effect. Its first four bytes give the head's length. The file
+# names are the ids plus ".toml" (validated), so they are not recorded again.
 
 FOLDER_INDEX = "gradfix-index.marshal"
-_FOLDER_INDEX_FORMAT = 1
+_FOLDER_INDEX_FORMAT = 2
+_DECISION_FIELDS = ("id", "package", "affected", "fixed_in", "implementation")
 
 
-def _stamps(files) -> dict:
-    """file name -> (size, modification time in ns)."""
-    stamps = {}
-    for path in files:
-        info = os.stat(path)
-        stamps[os.path.basename(path)] = (info.st_size, info.st_mtime_ns)
-    return stamps
+def _stamps(directory: str, names) -> dict:
+    """file name -> (size, modification time in ns): one stat per file."""
+    if os.stat in os.supports_dir_fd:  # no path walk per file
+        folder = os.open(directory, os.O_RDONLY)
+        try:
+            stats = [os.stat(name, dir_fd=folder) for name in names]
+        finally:
+            os.close(folder)
+    else:
+        stats = [os.stat(os.path.join(directory, name)) for name in names]
+    return {name: (info.st_size, info.st_mtime_ns) for name, info in zip(names, stats)}
 
 
-def write_folder_index(directory: str) -> Catalog:
+def write_folder_index(directory: str, checked: bool = True) -> Catalog:
     """Validate the catalog folder ``directory`` and record it in FOLDER_INDEX (``gradfix
-    index``). Nothing is written when a file has a problem."""
+    index``). Nothing is written when a file has a problem. A ``checked`` index is used
+    while every file's size and modification time are unchanged (one stat per file at
+    each start-up); an unchecked one while the folder holds the same file names, as the
+    wheel's own catalog is: it must be rebuilt after a file is edited."""
     loaded = load([directory], include_builtin=False, use_index=False)
     if not loaded.problems:
-        files = _toml_files(directory)
-        record = {"format": _FOLDER_INDEX_FORMAT, "stamps": _stamps(files),
-                  "entries": [entry.to_dict() for entry in loaded.entries]}
+        names = _toml_names(directory)
+        fields = [entry.to_dict() for entry in loaded.entries]
+        shared = {}  # one object per distinct string: marshal then writes repeats as references
+        decisions = [tuple(shared.setdefault(f[name], f[name]) for name in _DECISION_FIELDS) for f in fields]
+        head = marshal.dumps({"format": _FOLDER_INDEX_FORMAT, "entries": decisions,
+                              "stamps": _stamps(directory, names) if checked else None})
         partial = os.path.join(directory, FOLDER_INDEX + ".partial")
         with open(partial, "wb") as handle:
-            marshal.dump(record, handle)
+            handle.write(len(head).to_bytes(4, "little") + head + marshal.dumps(fields))
         os.replace(partial, os.path.join(directory, FOLDER_INDEX))
     return loaded
 
 
-def _from_folder_index(directory: str, files):
-    """The entries FOLDER_INDEX recorded for ``directory`` if its files are unchanged, else None."""
+class _FolderTexts:
+    """A folder index's full entries, decoded on first use, by id."""
+
+    def __init__(self, data: bytes, offset: int):
+        self._data, self._offset, self._by_id = data, offset, None
+
+    def __call__(self, entry_id: str) -> dict:
+        if self._by_id is None:
+            self._by_id = {f["id"]: f for f in marshal.loads(memoryview(self._data)[self._offset:])}
+            self._data = None
+        return self._by_id[entry_id]
+
+
+def _from_folder_index(directory: str, names):
+    """The entries FOLDER_INDEX recorded for ``directory`` if its files are unchanged
+    (checked) or the same names (unchecked), else None."""
     try:
         with open(os.path.join(directory, FOLDER_INDEX), "rb") as handle:
-            record = marshal.loads(handle.read())  # marshal.load reads a file object piece by piece: slow
-        if record["format"] != _FOLDER_INDEX_FORMAT or record["stamps"] != _stamps(files):
+            data = handle.read()  # marshal.load would read the file object piece by piece: slow
+        size = int.from_bytes(data[:4], "little")
+        head = marshal.loads(memoryview(data)[4:4 + size])
+        recorded = head["entries"]
+        if head["format"] != _FOLDER_INDEX_FORMAT or [fields[0] + ".toml" for fields in recorded] != names:
             return None
-        return _entries(directory, record["entries"])
-    except (OSError, EOFError, ValueError, TypeError, KeyError):
+        if head["stamps"] is not None and head["stamps"] != _stamps(directory, names):
+            return None
+        texts = _FolderTexts(data, 4 + size)
+        return [CatalogEntry.indexed(fields, directory, texts) for fields in recorded]
+    except (OSError, EOFError, ValueError, TypeError, KeyError, IndexError):
         return None
 
 
@@ -373,7 +428,7 @@ def load(extra_dirs=(), include_builtin: bool = True, use_index: bool = True) ->
             problems.append(CatalogProblem(directory, None, f"{where} does not exist; its patches are not loaded"))
             continue
         try:
-            files = _toml_files(directory)
+            names = _toml_names(directory)
         except OSError as exc:
             problems.append(CatalogProblem(directory, None, f"cannot list the catalog folder: {exc}"))
             continue
@@ -381,14 +436,14 @@ def load(extra_dirs=(), include_builtin: bool = True, use_index: bool = True) ->
         loaded = None
         if use_index:
             if builtin:
-                loaded = _from_index(directory, files, shipped=directory == _shipped_dir())
+                loaded = _from_index(directory, names, shipped=directory == _shipped_dir())
             else:
-                loaded = _from_folder_index(directory, files)
+                loaded = _from_folder_index(directory, names)
         if loaded is None:
             loaded = []
-            for path in files:
+            for name in names:
                 try:
-                    loaded.append(load_file(path))
+                    loaded.append(load_file(os.path.join(directory, name)))
                 except CatalogError as exc:
                     problems.append(exc.problem)
         for entry in loaded:

@@ -95,12 +95,16 @@ def cmd_index(args) -> int:
             print(f"gradfix index: {folder} is not a folder", file=sys.stderr)
             code = USAGE
             continue
-        loaded = catalog.write_folder_index(folder)
+        loaded = catalog.write_folder_index(folder, checked=not args.unchecked)
         for problem in loaded.problems:
             print(f"gradfix index: catalog error: {problem}", file=sys.stderr)
         if loaded.problems:
             print(f"gradfix index: {folder}: not indexed; fix the errors above and run it again", file=sys.stderr)
             code = USAGE
+        elif args.unchecked:
+            print(f"{os.path.join(folder, catalog.FOLDER_INDEX)}: {len(loaded.entries)} entries, unchecked: used at "
+                  "start-up while the folder holds the same file names, edited or not (run this again after "
+                  "editing a file)")
         else:
             print(f"{os.path.join(folder, catalog.FOLDER_INDEX)}: {len(loaded.entries)} entries; used at start-up "
                   "while the folder's files are unchanged (run this again after editing them)")
@@ -174,6 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Validate each catalog folder and record it in FOLDER/gradfix-index.marshal, "
                        "which start-up reads instead of parsing the TOML files while they are unchanged.")
     p.add_argument("folders", nargs="+", metavar="FOLDER")
+    p.add_argument("--unchecked", action="store_true",
+                   help="for a folder that is deployed and not edited in place (as the wheel's own catalog): "
+                   "start-up compares the file names only, not each file's size and time (one stat per file)")
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("doctor", help="check the installation and say what matters here")

@@ -118,12 +118,19 @@ def start() -> None:
     _scan_path(catalog.entries)
     _register_ray_hooks()
     versions = _scan.versions
+    plain = not (settings.killed or settings.disable_all or settings.disabled or settings.profile is not None)
     with REGISTRY.lock:
         for entry in catalog.entries:
             record = REGISTRY.record_for(entry)
             if record.state in (State.APPLIED, State.ARMED):
                 continue
-            record.installed_version = versions[entry.package]
+            version = record.installed_version = versions[entry.package]
+            if plain and version is None and entry.target and not _importable(entry.target.partition(".")[0]):
+                # What _version_gate decides for a package that is not installed, without
+                # its other checks: most entries of a large catalog end here.
+                record.target, record.package_present = entry.target, False
+                record.set(State.NOT_NEEDED, f"{entry.package} is not installed")
+                continue
             try:
                 if _version_gate(record, settings):
                     _arm(record)

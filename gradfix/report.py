@@ -139,11 +139,10 @@ def summary_line(statuses) -> str:
     statuses = list(statuses)
     if not statuses:
         return f"{version_label()}{rank_label()}: active; the catalog has no patches"
-    parts = []
-    for state, label in _ORDER:
-        chosen = [_describe(s) for s in statuses if s.state == state]
-        if chosen:
-            parts.append(f"{label}: {', '.join(chosen)}")
+    by_state = {}
+    for status in statuses:
+        by_state.setdefault(status.state, []).append(status)
+    parts = [f"{label}: {', '.join(map(_describe, by_state[state]))}" for state, label in _ORDER if state in by_state]
     return f"{version_label()}{rank_label()}: " + "; ".join(parts)
 
 

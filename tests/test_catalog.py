@@ -162,6 +162,43 @@ def test_folder_index_is_used_while_the_files_are_unchanged(tmp_path, run_python
     assert parsed.value("SUMMARY") == "changed" and parsed.value("TOML") is True
 
 
+def test_folder_index_keeps_every_field(tmp_path):
+    """Start-up decodes only the decision fields; the rest come from the index on first use,
+    equal to what parsing the files gives."""
+    folder = tmp_path / "extra"
+    folder.mkdir()
+    write(folder, dict(VALID, unpatched=[">=1.0,<1.1: reason"]))
+    parsed = [e.to_dict() for e in catalog.write_folder_index(str(folder)).entries]
+    indexed = catalog._from_folder_index(str(folder), catalog._toml_names(str(folder)))
+    assert indexed is not None and [e.to_dict() for e in indexed] == parsed
+    assert indexed[0].path == str(folder / "demo-bug.toml") and indexed[0].summary == "s"
+
+
+def test_unchecked_folder_index_is_trusted_until_the_file_names_change(tmp_path):
+    """`gradfix index --unchecked`: no stat per file at start-up, so an edit in place is not
+    seen (the documented contract: index again after editing), but a file added is."""
+    folder = tmp_path / "extra"
+    folder.mkdir()
+    write(folder, VALID)
+    assert catalog.write_folder_index(str(folder), checked=False).problems == ()
+    write(folder, dict(VALID, summary="changed"))  # edited in place, not re-indexed
+    assert catalog.load([str(folder)], include_builtin=False).entries[0].summary == "s"
+    write(folder, dict(VALID, id="demo-other"))
+    loaded = catalog.load([str(folder)], include_builtin=False)  # parsed: the names changed
+    assert sorted(e.id for e in loaded.entries) == ["demo-bug", "demo-other"]
+    assert [e.summary for e in loaded.entries if e.id == "demo-bug"] == ["changed"]
+
+
+def test_an_index_of_another_format_is_ignored(tmp_path):
+    import marshal
+
+    folder = tmp_path / "extra"
+    folder.mkdir()
+    write(folder, VALID)
+    (folder / catalog.FOLDER_INDEX).write_bytes(marshal.dumps({"format": 1, "stamps": {}, "entries": []}))
+    assert [e.id for e in catalog.load([str(folder)], include_builtin=False).entries] == ["demo-bug"]
+
+
 def test_folder_with_errors_is_not_indexed(tmp_path):
     folder = tmp_path / "extra"
     folder.mkdir()

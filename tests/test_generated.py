@@ -38,15 +38,14 @@ def fixture_index(tmp_path, monkeypatch):
 
 
 def test_index_is_used_while_files_match(fixture_index):
-    files = catalog._toml_files(str(fixture_index))
-    entries = catalog._from_index(str(fixture_index), files)
-    parsed = [catalog.load_file(f) for f in files]
+    entries = catalog._from_index(str(fixture_index), catalog._toml_names(str(fixture_index)))
+    parsed = [catalog.load_file(f) for f in catalog._toml_files(str(fixture_index))]
     assert [e.to_dict() for e in entries] == [e.to_dict() for e in parsed]
 
 
 def test_stale_index_is_ignored(fixture_index):
     path = fixture_index / "toy-accumulate-drop.toml"
     path.write_text(path.read_text().replace('fixed_in = "2.0"', 'fixed_in = "2.1"'))
-    assert catalog._from_index(str(fixture_index), catalog._toml_files(str(fixture_index))) is None
+    assert catalog._from_index(str(fixture_index), catalog._toml_names(str(fixture_index))) is None
     (fixture_index / "extra.toml").write_text("")
-    assert catalog._from_index(str(fixture_index), catalog._toml_files(str(fixture_index))) is None
+    assert catalog._from_index(str(fixture_index), catalog._toml_names(str(fixture_index))) is None
