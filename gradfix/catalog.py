@@ -18,6 +18,11 @@ time are as recorded, ignored (the files are parsed) otherwise.
 import marshal
 import os
 import sys
+from _operator import itemgetter  # built in; `operator` would be one more module to load
+
+from .versions import normalise
+
+_first = itemgetter(0)  # a row's id
 
 #: field -> (type, description); the schema documented in patches/README.md.
 SCHEMA = {
@@ -72,11 +77,11 @@ class CatalogEntry:
         self._parsed = None
 
     @classmethod
-    def indexed(cls, decision_fields: tuple, directory: str, texts):
-        """An entry of a folder index: its decision fields (id, package, affected,
-        fixed_in, implementation); ``texts(id)`` returns all of them when first needed."""
+    def indexed(cls, row: tuple, directory: str, texts):
+        """An entry of a folder index, from its row (see ``row``); ``texts(id)`` returns
+        all of its fields when first needed."""
         entry = cls.__new__(cls)
-        entry.id, entry.package, entry.affected, entry.fixed_in, entry.implementation = decision_fields
+        entry.id, entry.package, entry.affected, entry.fixed_in, entry.implementation = row[:5]
         entry._fields, entry._directory, entry._texts, entry._parsed = None, directory, texts, None
         entry.target = known_target(entry.implementation)
         return entry
@@ -96,6 +101,12 @@ class CatalogEntry:
     @property
     def path(self) -> str:
         return os.path.join(self._directory, self.id + ".toml")
+
+    @property
+    def row(self) -> tuple:
+        """The decision fields, as the catalog's rows hold them, and the normalised name of
+        the package (as its metadata folder spells it; see versions.normalise)."""
+        return self.id, self.package, self.affected, self.fixed_in, self.implementation, normalise(self.package)
 
     def to_dict(self) -> dict:
         data = {name: getattr(self, name) for name in SCHEMA}
@@ -152,13 +163,50 @@ class CatalogError(ValueError):
 
 
 class Catalog:
-    def __init__(self, entries, problems):
-        self.entries = tuple(entries)
+    """The loaded catalog: ``groups``, one (origin, rows) pair per catalog folder, a row
+    holding one entry's decision fields (id, package, affected, fixed_in, implementation,
+    normalised package name: CatalogEntry.row), all that activation reads; and ``problems``. ``entries`` builds the CatalogEntry
+    objects on first use, so a start-up that settles most entries from their rows (their
+    package is not installed) builds few of them."""
+
+    def __init__(self, groups, problems):
+        self.groups = tuple(groups)
         self.problems = tuple(problems)
+        self._entries = None
+
+    @property
+    def entries(self):
+        if self._entries is None:
+            self._entries = tuple(origin.entry(row) for origin, rows in self.groups for row in rows)
+        return self._entries
 
     @property
     def ids(self):
-        return tuple(entry.id for entry in self.entries)
+        return tuple(row[0] for _, rows in self.groups for row in rows)
+
+
+class Origin:
+    """The catalog folder a group of rows comes from; builds each row's CatalogEntry
+    once (``build(row)``), so that every caller gets the same object."""
+
+    def __init__(self, directory: str, build, built=None):
+        self.directory = directory
+        self._build = build
+        self._built = dict(built or {})
+
+    def entry(self, row) -> "CatalogEntry":
+        entry = self._built.get(row[0])
+        if entry is None:
+            entry = self._built[row[0]] = self._build(row)
+        return entry
+
+    def path(self, row) -> str:
+        return os.path.join(self.directory, row[0] + ".toml")
+
+
+def _parsed_group(directory: str, entries):
+    """A group of entries already built (parsed from TOML files)."""
+    return Origin(directory, None, {entry.id: entry for entry in entries}), [entry.row for entry in entries]
 
 
 def _shipped_dir() -> str:
@@ -312,7 +360,7 @@ def known_target(implementation: str):
 
 
 def _from_index(directory: str, names, shipped: bool = False):
-    """The index's entries if it describes exactly these files (by name), else None.
+    """The index's (origin, rows) if it describes exactly these files (by name), else None.
     ``shipped``: the wheel's own copy of the catalog, installed with the index from the
     same build, is checked by file names; a checkout's patches/ (edited by hand) file by
     file."""
@@ -324,7 +372,14 @@ def _from_index(directory: str, names, shipped: bool = False):
         return None
     if not shipped and any(fingerprint(os.path.join(directory, name)) != index.FILES[name] for name in names):
         return None
-    return [CatalogEntry(fields, directory) for fields in index.ENTRIES]
+    by_id = {}
+
+    def build(row):
+        if not by_id:
+            by_id.update((fields["id"], fields) for fields in index.ENTRIES)
+        return CatalogEntry(by_id[row[0]], directory)
+
+    return Origin(directory, build), index.ROWS
 
 
 def fingerprint(path: str):
@@ -341,14 +396,13 @@ def fingerprint(path: str):
 # -- folder index (`gradfix index`) -----------------------------------------------
 #
 # FOLDER_INDEX holds two marshal records: the head, which start-up reads (each entry's
-# decision fields as a tuple, in file-name order, and the files' stamps unless the index
-# is unchecked), and the entries' full fields, decoded only when something asks for a
+# row, CatalogEntry.row, in file-name order, and the files' stamps unless the index is
+# unchecked), and the entries' full fields, decoded only when something asks for a
 # summary, trigger or effect. Its first four bytes give the head's length. The file
 # names are the ids plus ".toml" (validated), so they are not recorded again.
 
 FOLDER_INDEX = "gradfix-index.marshal"
 _FOLDER_INDEX_FORMAT = 2
-_DECISION_FIELDS = ("id", "package", "affected", "fixed_in", "implementation")
 
 
 def _stamps(directory: str, names) -> dict:
@@ -375,8 +429,8 @@ def write_folder_index(directory: str, checked: bool = True) -> Catalog:
         names = _toml_names(directory)
         fields = [entry.to_dict() for entry in loaded.entries]
         shared = {}  # one object per distinct string: marshal then writes repeats as references
-        decisions = [tuple(shared.setdefault(f[name], f[name]) for name in _DECISION_FIELDS) for f in fields]
-        head = marshal.dumps({"format": _FOLDER_INDEX_FORMAT, "entries": decisions,
+        rows = [tuple(shared.setdefault(value, value) for value in entry.row) for entry in loaded.entries]
+        head = marshal.dumps({"format": _FOLDER_INDEX_FORMAT, "entries": rows,
                               "stamps": _stamps(directory, names) if checked else None})
         partial = os.path.join(directory, FOLDER_INDEX + ".partial")
         with open(partial, "wb") as handle:
@@ -399,20 +453,20 @@ class _FolderTexts:
 
 
 def _from_folder_index(directory: str, names):
-    """The entries FOLDER_INDEX recorded for ``directory`` if its files are unchanged
-    (checked) or the same names (unchecked), else None."""
+    """The (origin, rows) FOLDER_INDEX recorded for ``directory`` if its files are
+    unchanged (checked) or the same names (unchecked), else None."""
     try:
         with open(os.path.join(directory, FOLDER_INDEX), "rb") as handle:
             data = handle.read()  # marshal.load would read the file object piece by piece: slow
         size = int.from_bytes(data[:4], "little")
         head = marshal.loads(memoryview(data)[4:4 + size])
         recorded = head["entries"]
-        if head["format"] != _FOLDER_INDEX_FORMAT or [fields[0] + ".toml" for fields in recorded] != names:
+        if head["format"] != _FOLDER_INDEX_FORMAT or list(map("{}.toml".format, map(_first, recorded))) != names:
             return None
         if head["stamps"] is not None and head["stamps"] != _stamps(directory, names):
             return None
         texts = _FolderTexts(data, 4 + size)
-        return [CatalogEntry.indexed(fields, directory, texts) for fields in recorded]
+        return Origin(directory, lambda row: CatalogEntry.indexed(row, directory, texts)), recorded
     except (OSError, EOFError, ValueError, TypeError, KeyError, IndexError):
         return None
 
@@ -421,7 +475,7 @@ def load(extra_dirs=(), include_builtin: bool = True, use_index: bool = True) ->
     """Load the built-in catalog plus ``extra_dirs``; bad files become problems."""
     dirs = [builtin_dir()] if include_builtin else []
     dirs += list(extra_dirs)
-    entries, problems, seen = [], [], {}
+    groups, problems, seen = [], [], {}  # seen: id -> the origin that defined it
     for number, directory in enumerate(dirs):
         if not os.path.isdir(directory):
             where = "this catalog folder" if number == 0 and include_builtin else "a GRADFIX_CATALOG_PATH folder"
@@ -440,17 +494,26 @@ def load(extra_dirs=(), include_builtin: bool = True, use_index: bool = True) ->
             else:
                 loaded = _from_folder_index(directory, names)
         if loaded is None:
-            loaded = []
+            parsed = []
             for name in names:
                 try:
-                    loaded.append(load_file(os.path.join(directory, name)))
+                    parsed.append(load_file(os.path.join(directory, name)))
                 except CatalogError as exc:
                     problems.append(exc.problem)
-        for entry in loaded:
-            if entry.id in seen:
-                problems.append(CatalogProblem(entry.path, "id",
-                                               f"{entry.id!r} is already defined in {seen[entry.id].path}"))
-                continue
-            seen[entry.id] = entry
-            entries.append(entry)
-    return Catalog(entries, problems)
+            loaded = _parsed_group(directory, parsed)
+        origin, rows = loaded
+        ids = list(map(_first, rows))
+        if seen.keys().isdisjoint(ids):  # the usual case
+            seen.update(dict.fromkeys(ids, origin))
+        else:  # an id an earlier folder defines already: the first definition wins
+            kept = []
+            for row in rows:
+                if row[0] in seen:
+                    problems.append(CatalogProblem(origin.path(row), "id",
+                                                   f"{row[0]!r} is already defined in {seen[row[0]].path(row)}"))
+                    continue
+                seen[row[0]] = origin
+                kept.append(row)
+            rows = kept
+        groups.append((origin, rows))
+    return Catalog(groups, problems)

@@ -115,53 +115,75 @@ def start() -> None:
         atexit.register(_at_exit)
         _atexit_registered = True
 
-    _scan_path(catalog.entries)
+    _scan_path(catalog)
     _register_ray_hooks()
     versions = _scan.versions
+    # Without GRADFIX_DISABLE, GRADFIX_PROFILE or GRADFIX=0, a patch whose package is
+    # neither installed nor importable is NOT_NEEDED whatever else its entry says: it is
+    # settled from its catalog row, and its record is built only if asked for.
     plain = not (settings.killed or settings.disable_all or settings.disabled or settings.profile is not None)
     with REGISTRY.lock:
-        for entry in catalog.entries:
-            record = REGISTRY.record_for(entry)
-            if record.state in (State.APPLIED, State.ARMED):
-                continue
-            version = record.installed_version = versions[entry.package]
-            if plain and version is None and entry.target and not _importable(entry.target.partition(".")[0]):
-                # What _version_gate decides for a package that is not installed, without
-                # its other checks: most entries of a large catalog end here.
-                record.target, record.package_present = entry.target, False
-                record.set(State.NOT_NEEDED, f"{entry.package} is not installed")
-                continue
-            try:
-                if _version_gate(record, settings):
-                    _arm(record)
-            except GradfixStrictError:
-                raise
-            except Exception as exc:  # e.g. a dependency missing from a broken install
-                record.set(State.FAILED, f"{type(exc).__name__}: {exc}")
-        records = REGISTRY.records()
-    report.log_summary(records)
+        for origin, rows in catalog.groups:
+            deferred = REGISTRY.defer_absent(
+                origin, [row for row in rows if versions[row[1]] is None and _absent(row[4])]) if plain else ()
+            for row in rows:
+                if row[0] not in deferred:
+                    _evaluate(REGISTRY.record_for(origin.entry(row)), versions, settings)
+        summary = REGISTRY.descriptions_by_state(report.describe)
+    report.log_summary_of(summary)
     if settings.strict:
         if catalog.problems:
             raise GradfixStrictError(
                 "GRADFIX_STRICT=1 and the catalog has errors: " + "; ".join(map(str, catalog.problems))
             )
-        troubled = [r for r in records if r.state in _TROUBLE]
+        troubled = [r for r in REGISTRY.built_records() if r.state in _TROUBLE]
         if troubled:
             raise _strict_error(troubled)
+
+
+def _evaluate(record, versions, settings) -> None:
+    """Gate one patch and arm it, unless it is armed or applied already (re-activation)."""
+    if record.state in (State.APPLIED, State.ARMED):
+        return
+    record.installed_version = versions[record.entry.package]
+    try:
+        if _version_gate(record, settings):
+            _arm(record)
+    except GradfixStrictError:
+        raise
+    except Exception as exc:  # e.g. a dependency missing from a broken install
+        record.set(State.FAILED, f"{type(exc).__name__}: {exc}")
+
+
+_absent_targets = {}  # implementation -> whether the package it patches cannot be imported, this activation
+
+
+def _absent(implementation: str) -> bool:
+    """Whether the target package of a built-in fix module is not importable (no version
+    was found for its distribution either: the caller checked). False for an
+    implementation the index does not know: its entry goes through the full gate."""
+    absent = _absent_targets.get(implementation)
+    if absent is None:
+        target = catalog_module.known_target(implementation)
+        absent = _absent_targets[implementation] = bool(target) and not _importable(target.partition(".")[0])
+    return absent
 
 
 _scan = Scan({}, set(), set(), True)  # what this activation's pass over sys.path found
 _found = {}  # top-level module -> importable, for one activation (every entry of a package asks)
 
 
-def _scan_path(entries) -> None:
+def _scan_path(catalog) -> None:
     """One pass over sys.path for the activation: the catalog's (and Ray's) versions,
     and which target packages a sys.path folder holds without metadata (a checkout)."""
     global _scan
-    packages = {entry.package for entry in entries}
-    modules = {entry.target.partition(".")[0] for entry in entries if entry.target}
-    _scan = scan(packages | {RAY}, modules | {RAY})
+    packages = {row[1]: row[5] for _, rows in catalog.groups for row in rows}
+    packages[RAY] = RAY
+    targets = map(catalog_module.known_target, {row[4] for _, rows in catalog.groups for row in rows})
+    modules = {target.partition(".")[0] for target in targets if target}
+    _scan = scan(packages, modules | {RAY})
     _found.clear()
+    _absent_targets.clear()
 
 
 def _importable(module_name: str) -> bool:
@@ -321,9 +343,8 @@ def _on_target_imported(patch_id: str, module) -> None:
                 _apply(record, module, detail)
             status = record.snapshot()
         displaced = _settle_displaced()  # another patcher may have replaced an earlier patch's code
-        statuses = REGISTRY.snapshot()
         report.debug(f"gradfix: {patch_id} {status.state}: {status.reason}")
-        report.log_summary(statuses)
+        report.log_summary_of(REGISTRY.descriptions_by_state(report.describe))
     except Exception as exc:  # a bug in gradfix itself must not break the import
         report.warning(f"gradfix: internal error while handling {patch_id}: {exc!r}")
         return
@@ -429,7 +450,7 @@ def _settle_displaced() -> list:
     imported, and at exit."""
     displaced = []
     with REGISTRY.lock:
-        for record in REGISTRY.records():
+        for record in REGISTRY.built_records():  # a deferred (absent) patch is never applied
             if record.state != State.APPLIED or record.patcher is None:
                 continue
             moved = record.patcher.displaced()
@@ -456,8 +477,7 @@ def status():
 def _at_exit() -> None:
     try:
         _settle_displaced()
-        statuses = REGISTRY.snapshot()
-        report.log_summary(statuses, final=True)
-        report.log_evidence(statuses)
+        report.log_summary_of(REGISTRY.descriptions_by_state(report.describe), final=True)
+        report.log_evidence([record.snapshot() for record in REGISTRY.built_records()])
     except Exception:
         pass

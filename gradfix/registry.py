@@ -107,29 +107,70 @@ class PatchRecord:
 
 
 class Registry:
-    """Records by patch id. One re-entrant lock serialises every state change."""
+    """Records by patch id. One re-entrant lock serialises every state change.
+
+    A patch whose package is not installed is settled at activation from its catalog
+    row alone (``defer_absent``): its record, and the catalog entry behind it, are
+    built only when something asks for them, so that a large catalog costs little at
+    start-up. Such a patch is NOT_NEEDED and can never be applied."""
 
     def __init__(self) -> None:
         self.lock = _thread.RLock()
-        self._records = {}
+        self._records = {}  # id -> PatchRecord, or (origin, row) for a deferred absent patch
+
+    def defer_absent(self, origin, rows) -> set:
+        """Settle these rows' patches as absent, except those with a record built already
+        (a re-activation evaluates them again); returns the ids deferred."""
+        with self.lock:
+            records = self._records
+            deferred = {row[0]: (origin, row) for row in rows if type(records.get(row[0], ())) is tuple}
+            records.update(deferred)
+            return deferred.keys()
+
+    def _built(self, patch_id: str):
+        value = self._records.get(patch_id)
+        if type(value) is tuple:  # build the deferred record, in place (the order is kept)
+            origin, row = value
+            value = self._records[patch_id] = PatchRecord(origin.entry(row))
+            value.target, value.package_present = value.entry.target, False
+            value.set(State.NOT_NEEDED, f"{row[1]} is not installed")
+        return value
 
     def record_for(self, entry) -> PatchRecord:
         with self.lock:
-            record = self._records.get(entry.id)
+            record = self._built(entry.id)
             if record is None:
                 record = self._records[entry.id] = PatchRecord(entry)
             return record
 
     def get(self, patch_id: str):
-        return self._records.get(patch_id)
+        with self.lock:
+            return self._built(patch_id)
 
     def ids(self):
         return list(self._records)
 
     def records(self):
         with self.lock:
-            return list(self._records.values())
+            return [self._built(patch_id) for patch_id in self._records]
+
+    def built_records(self):
+        """The records built so far: every one that can be armed or applied."""
+        with self.lock:
+            return [value for value in self._records.values() if type(value) is not tuple]
 
     def snapshot(self):
         with self.lock:
-            return [record.snapshot() for record in self._records.values()]
+            return [record.snapshot() for record in self.records()]
+
+    def descriptions_by_state(self, describe) -> dict:
+        """{state: [describe(record)]}, in catalog order, for the summary line; a deferred
+        patch is described by its id, without building its record."""
+        groups = {}
+        with self.lock:
+            for patch_id, value in self._records.items():
+                if type(value) is tuple:
+                    groups.setdefault(State.NOT_NEEDED, []).append(patch_id)
+                else:
+                    groups.setdefault(value.state or State.ARMED, []).append(describe(value))
+        return groups

@@ -107,7 +107,7 @@ def _package(status) -> str:
     return f"{status.package} {status.installed_version or '(version unknown)'}"
 
 
-def _describe(status) -> str:
+def describe(status) -> str:
     if status.state in (State.APPLIED, State.ARMED):
         hits = f", corrected {status.hits:,} times" if status.hits else ""
         return f"{status.id} ({_package(status)}{hits})"
@@ -135,25 +135,39 @@ def version_label() -> str:
     return f"gradfix {__version__}" + (f" (profile {_profile})" if _profile is not None else "")
 
 
-def summary_line(statuses) -> str:
-    statuses = list(statuses)
-    if not statuses:
-        return f"{version_label()}{rank_label()}: active; the catalog has no patches"
+def describe_by_state(statuses) -> dict:
+    """{state: [description]} in the given order: what the summary line lists."""
     by_state = {}
     for status in statuses:
-        by_state.setdefault(status.state, []).append(status)
-    parts = [f"{label}: {', '.join(map(_describe, by_state[state]))}" for state, label in _ORDER if state in by_state]
+        by_state.setdefault(status.state, []).append(describe(status))
+    return by_state
+
+
+def summary_line(statuses) -> str:
+    return summary_of(describe_by_state(statuses))
+
+
+def summary_of(by_state: dict) -> str:
+    if not by_state:
+        return f"{version_label()}{rank_label()}: active; the catalog has no patches"
+    parts = [f"{label}: {', '.join(by_state[state])}" for state, label in _ORDER if state in by_state]
     return f"{version_label()}{rank_label()}: " + "; ".join(parts)
 
 
 def log_summary(statuses, *, final: bool = False) -> None:
     """Log the summary once, when nothing is ARMED any more (or at exit: ``final``)."""
+    if not _summary_logged:
+        log_summary_of(describe_by_state(statuses), final=final)
+
+
+def log_summary_of(by_state: dict, *, final: bool = False) -> None:
+    """log_summary from descriptions already grouped by state (Registry.descriptions_by_state)."""
     global _summary_logged
-    if _summary_logged or (not final and any(s.state == State.ARMED for s in statuses)):
+    if _summary_logged or (not final and State.ARMED in by_state):
         return
     _summary_logged = True
-    troubled = any(s.state in (State.UNSUPPORTED, State.CONFLICT, State.FAILED) for s in statuses)
-    (warning if troubled else info)(summary_line(statuses))
+    troubled = any(state in by_state for state in (State.UNSUPPORTED, State.CONFLICT, State.FAILED))
+    (warning if troubled else info)(summary_of(by_state))
 
 
 def log_evidence(statuses) -> None:

@@ -169,8 +169,9 @@ def test_folder_index_keeps_every_field(tmp_path):
     folder.mkdir()
     write(folder, dict(VALID, unpatched=[">=1.0,<1.1: reason"]))
     parsed = [e.to_dict() for e in catalog.write_folder_index(str(folder)).entries]
-    indexed = catalog._from_folder_index(str(folder), catalog._toml_names(str(folder)))
-    assert indexed is not None and [e.to_dict() for e in indexed] == parsed
+    origin, rows = catalog._from_folder_index(str(folder), catalog._toml_names(str(folder)))
+    indexed = [origin.entry(row) for row in rows]
+    assert [e.to_dict() for e in indexed] == parsed
     assert indexed[0].path == str(folder / "demo-bug.toml") and indexed[0].summary == "s"
 
 

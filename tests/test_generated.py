@@ -38,7 +38,8 @@ def fixture_index(tmp_path, monkeypatch):
 
 
 def test_index_is_used_while_files_match(fixture_index):
-    entries = catalog._from_index(str(fixture_index), catalog._toml_names(str(fixture_index)))
+    origin, rows = catalog._from_index(str(fixture_index), catalog._toml_names(str(fixture_index)))
+    entries = [origin.entry(row) for row in rows]
     parsed = [catalog.load_file(f) for f in catalog._toml_files(str(fixture_index))]
     assert [e.to_dict() for e in entries] == [e.to_dict() for e in parsed]
 
