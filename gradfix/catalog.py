@@ -396,9 +396,10 @@ def fingerprint(path: str):
 # -- folder index (`gradfix index`) -----------------------------------------------
 #
 # FOLDER_INDEX holds two marshal records: the head, which start-up reads (each entry's
-# row, CatalogEntry.row, in file-name order, and the files' stamps unless the index is
-# unchecked), and the entries' full fields, decoded only when something asks for a
-# summary, trigger or effect. Its first four bytes give the head's length. The file
+# row, CatalogEntry.row, in file-name order, and, for a checked index, the files'
+# stamps), and the rest, decoded only when something asks for an entry's summary,
+# trigger or effect, or whether an unchecked index is stale (the entries' full fields
+# and the files' fingerprints). Its first four bytes give the head's length. The file
 # names are the ids plus ".toml" (validated), so they are not recorded again.
 
 FOLDER_INDEX = "gradfix-index.marshal"
@@ -420,55 +421,98 @@ def _stamps(directory: str, names) -> dict:
 
 def write_folder_index(directory: str, checked: bool = True) -> Catalog:
     """Validate the catalog folder ``directory`` and record it in FOLDER_INDEX (``gradfix
-    index``). Nothing is written when a file has a problem. A ``checked`` index is used
-    while every file's size and modification time are unchanged (one stat per file at
-    each start-up); an unchecked one while the folder holds the same file names, as the
-    wheel's own catalog is: it must be rebuilt after a file is edited."""
+    index``). Nothing is written when a file has a problem.
+
+    A checked index is used while the folder holds the same files, each with its size
+    and modification time unchanged: a listing and one stat per file at each start-up.
+    An unchecked one is trusted as it is, like the wheel's own catalog and like Python's
+    unchecked-hash .pyc files: for a folder that is deployed, not edited; start-up reads
+    only the index, and ``gradfix doctor`` says when the files no longer match it."""
     loaded = load([directory], include_builtin=False, use_index=False)
     if not loaded.problems:
         names = _toml_names(directory)
-        fields = [entry.to_dict() for entry in loaded.entries]
         shared = {}  # one object per distinct string: marshal then writes repeats as references
         rows = [tuple(shared.setdefault(value, value) for value in entry.row) for entry in loaded.entries]
         head = marshal.dumps({"format": _FOLDER_INDEX_FORMAT, "entries": rows,
                               "stamps": _stamps(directory, names) if checked else None})
+        rest = marshal.dumps({"entries": [entry.to_dict() for entry in loaded.entries],
+                              "fingerprints": {name: fingerprint(os.path.join(directory, name)) for name in names}})
         partial = os.path.join(directory, FOLDER_INDEX + ".partial")
         with open(partial, "wb") as handle:
-            handle.write(len(head).to_bytes(4, "little") + head + marshal.dumps(fields))
+            handle.write(len(head).to_bytes(4, "little") + head + rest)
         os.replace(partial, os.path.join(directory, FOLDER_INDEX))
     return loaded
 
 
-class _FolderTexts:
-    """A folder index's full entries, decoded on first use, by id."""
+class _FolderIndex:
+    """A folder index file read at start-up: its head, and the rest decoded on first use."""
 
-    def __init__(self, data: bytes, offset: int):
-        self._data, self._offset, self._by_id = data, offset, None
-
-    def __call__(self, entry_id: str) -> dict:
-        if self._by_id is None:
-            self._by_id = {f["id"]: f for f in marshal.loads(memoryview(self._data)[self._offset:])}
-            self._data = None
-        return self._by_id[entry_id]
-
-
-def _from_folder_index(directory: str, names):
-    """The (origin, rows) FOLDER_INDEX recorded for ``directory`` if its files are
-    unchanged (checked) or the same names (unchecked), else None."""
-    try:
+    def __init__(self, directory: str):
         with open(os.path.join(directory, FOLDER_INDEX), "rb") as handle:
-            data = handle.read()  # marshal.load would read the file object piece by piece: slow
-        size = int.from_bytes(data[:4], "little")
-        head = marshal.loads(memoryview(data)[4:4 + size])
-        recorded = head["entries"]
-        if head["format"] != _FOLDER_INDEX_FORMAT or list(map("{}.toml".format, map(_first, recorded))) != names:
-            return None
-        if head["stamps"] is not None and head["stamps"] != _stamps(directory, names):
-            return None
-        texts = _FolderTexts(data, 4 + size)
-        return Origin(directory, lambda row: CatalogEntry.indexed(row, directory, texts)), recorded
+            self._data = handle.read()  # (marshal.load would read the file object piece by piece: slow)
+        size = int.from_bytes(self._data[:4], "little")
+        head = marshal.loads(memoryview(self._data)[4:4 + size])
+        if head["format"] != _FOLDER_INDEX_FORMAT:
+            raise ValueError(f"format {head['format']}")
+        self.rows, self.stamps, self._offset, self._rest = head["entries"], head["stamps"], 4 + size, None
+
+    @property
+    def names(self):
+        return list(map("{}.toml".format, map(_first, self.rows)))
+
+    def _decoded(self) -> dict:
+        if self._rest is None:
+            self._rest = marshal.loads(memoryview(self._data)[self._offset:])
+            self._rest["entries"] = {fields["id"]: fields for fields in self._rest["entries"]}
+            self._data = None
+        return self._rest
+
+    def fields(self, entry_id: str) -> dict:
+        return self._decoded()["entries"][entry_id]
+
+    def fingerprints(self) -> dict:
+        return self._decoded()["fingerprints"]
+
+
+def _read_folder_index(directory: str):
+    try:
+        return _FolderIndex(directory)
     except (OSError, EOFError, ValueError, TypeError, KeyError, IndexError):
         return None
+
+
+def _from_folder_index(directory: str):
+    """The (origin, rows) FOLDER_INDEX records for ``directory``: an unchecked index as it
+    is; a checked one if the folder holds the same files, unchanged. None otherwise
+    (no index, another format, or a changed folder: the TOML files are parsed)."""
+    index = _read_folder_index(directory)
+    if index is None:
+        return None
+    if index.stamps is not None:
+        try:
+            names = _toml_names(directory)
+            if index.names != names or index.stamps != _stamps(directory, names):
+                return None
+        except OSError:
+            return None
+    return Origin(directory, lambda row: CatalogEntry.indexed(row, directory, index.fields)), index.rows
+
+
+def folder_index_state(directory: str) -> str:
+    """What start-up does with ``directory``'s index, in words, for ``gradfix doctor``:
+    "none", "checked", "unchecked" or "unchecked, stale: <what changed>"."""
+    index = _read_folder_index(directory)
+    if index is None:
+        return "none"
+    if index.stamps is not None:
+        return "checked"
+    recorded = index.fingerprints()
+    names = _toml_names(directory)
+    changed = [f"{name} added" for name in names if name not in recorded]
+    changed += [f"{name} removed" for name in recorded if name not in names]
+    changed += [f"{name} edited" for name in names
+                if name in recorded and fingerprint(os.path.join(directory, name)) != recorded[name]]
+    return "unchecked, stale: " + ", ".join(changed) if changed else "unchecked"
 
 
 def load(extra_dirs=(), include_builtin: bool = True, use_index: bool = True) -> Catalog:
@@ -481,18 +525,16 @@ def load(extra_dirs=(), include_builtin: bool = True, use_index: bool = True) ->
             where = "this catalog folder" if number == 0 and include_builtin else "a GRADFIX_CATALOG_PATH folder"
             problems.append(CatalogProblem(directory, None, f"{where} does not exist; its patches are not loaded"))
             continue
-        try:
-            names = _toml_names(directory)
-        except OSError as exc:
-            problems.append(CatalogProblem(directory, None, f"cannot list the catalog folder: {exc}"))
-            continue
         builtin = include_builtin and number == 0
-        loaded = None
-        if use_index:
-            if builtin:
+        loaded = _from_folder_index(directory) if use_index and not builtin else None
+        if loaded is None:
+            try:
+                names = _toml_names(directory)
+            except OSError as exc:
+                problems.append(CatalogProblem(directory, None, f"cannot list the catalog folder: {exc}"))
+                continue
+            if use_index and builtin:
                 loaded = _from_index(directory, names, shipped=directory == _shipped_dir())
-            else:
-                loaded = _from_folder_index(directory, names)
         if loaded is None:
             parsed = []
             for name in names:

@@ -102,9 +102,9 @@ def cmd_index(args) -> int:
             print(f"gradfix index: {folder}: not indexed; fix the errors above and run it again", file=sys.stderr)
             code = USAGE
         elif args.unchecked:
-            print(f"{os.path.join(folder, catalog.FOLDER_INDEX)}: {len(loaded.entries)} entries, unchecked: used at "
-                  "start-up while the folder holds the same file names, edited or not (run this again after "
-                  "editing a file)")
+            print(f"{os.path.join(folder, catalog.FOLDER_INDEX)}: {len(loaded.entries)} entries, unchecked: "
+                  "start-up trusts it without looking at the files (run this again after changing the folder; "
+                  "`gradfix doctor` says when it is stale)")
         else:
             print(f"{os.path.join(folder, catalog.FOLDER_INDEX)}: {len(loaded.entries)} entries; used at start-up "
                   "while the folder's files are unchanged (run this again after editing them)")
@@ -179,8 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "which start-up reads instead of parsing the TOML files while they are unchanged.")
     p.add_argument("folders", nargs="+", metavar="FOLDER")
     p.add_argument("--unchecked", action="store_true",
-                   help="for a folder that is deployed and not edited in place (as the wheel's own catalog): "
-                   "start-up compares the file names only, not each file's size and time (one stat per file)")
+                   help="for a folder that is deployed, not edited: start-up trusts the index without "
+                   "listing the folder or checking each file's size and time; `gradfix doctor` says when it is stale")
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("doctor", help="check the installation and say what matters here")

@@ -89,6 +89,13 @@ def run(out: TextIO) -> int:
     catalog, rows = assess_catalog(settings)
     folders = [str(catalog_module.builtin_dir())] + list(settings.catalog_path)
     say(f"\nCatalog: {len(catalog.entries)} patch(es) from {', '.join(folders)}")
+    for folder in settings.catalog_path:
+        state = catalog_module.folder_index_state(folder)
+        say(f"  {folder}: index {state}")
+        if state.startswith("unchecked, stale"):
+            problems.append(f"catalog folder {folder}: its unchecked index no longer matches the files "
+                            f"({state.split(': ', 1)[1]}), and start-up uses the index: run "
+                            f"`gradfix index --unchecked {folder}` again")
     for problem in catalog.problems:
         problems.append(f"catalog: {problem}")
     unknown = config.unknown_ids_problem(settings, catalog.ids)

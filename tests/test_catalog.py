@@ -169,25 +169,32 @@ def test_folder_index_keeps_every_field(tmp_path):
     folder.mkdir()
     write(folder, dict(VALID, unpatched=[">=1.0,<1.1: reason"]))
     parsed = [e.to_dict() for e in catalog.write_folder_index(str(folder)).entries]
-    origin, rows = catalog._from_folder_index(str(folder), catalog._toml_names(str(folder)))
+    origin, rows = catalog._from_folder_index(str(folder))
     indexed = [origin.entry(row) for row in rows]
     assert [e.to_dict() for e in indexed] == parsed
     assert indexed[0].path == str(folder / "demo-bug.toml") and indexed[0].summary == "s"
 
 
-def test_unchecked_folder_index_is_trusted_until_the_file_names_change(tmp_path):
-    """`gradfix index --unchecked`: no stat per file at start-up, so an edit in place is not
-    seen (the documented contract: index again after editing), but a file added is."""
+def test_unchecked_folder_index_is_trusted_and_doctor_tells_when_it_is_stale(tmp_path):
+    """`gradfix index --unchecked`: start-up reads the index without looking at the files
+    (the contract: index again after changing the folder); folder_index_state, which
+    `gradfix doctor` reports, names what changed since."""
     folder = tmp_path / "extra"
     folder.mkdir()
     write(folder, VALID)
+    write(folder, dict(VALID, id="demo-gone"))
     assert catalog.write_folder_index(str(folder), checked=False).problems == ()
-    write(folder, dict(VALID, summary="changed"))  # edited in place, not re-indexed
-    assert catalog.load([str(folder)], include_builtin=False).entries[0].summary == "s"
+    assert catalog.folder_index_state(str(folder)) == "unchecked"
+    write(folder, dict(VALID, summary="changed"))  # edited, not re-indexed
     write(folder, dict(VALID, id="demo-other"))
-    loaded = catalog.load([str(folder)], include_builtin=False)  # parsed: the names changed
-    assert sorted(e.id for e in loaded.entries) == ["demo-bug", "demo-other"]
-    assert [e.summary for e in loaded.entries if e.id == "demo-bug"] == ["changed"]
+    (folder / "demo-gone.toml").unlink()
+    loaded = catalog.load([str(folder)], include_builtin=False)
+    assert [(e.id, e.summary) for e in loaded.entries] == [("demo-bug", "s"), ("demo-gone", "s")]
+    assert catalog.folder_index_state(str(folder)) == (
+        "unchecked, stale: demo-other.toml added, demo-gone.toml removed, demo-bug.toml edited")
+    assert catalog.write_folder_index(str(folder)).problems == ()  # checked from now on
+    assert catalog.folder_index_state(str(folder)) == "checked"
+    assert [e.id for e in catalog.load([str(folder)], include_builtin=False).entries] == ["demo-bug", "demo-other"]
 
 
 def test_an_index_of_another_format_is_ignored(tmp_path):

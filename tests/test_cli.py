@@ -87,6 +87,20 @@ def test_doctor_flags_problems(run_python):
     assert "'nope'" in result.stdout and "GRADFIX_LOG='loud'" in result.stdout
 
 
+def test_doctor_flags_a_stale_unchecked_index(run_python, tmp_path):
+    import shutil
+
+    folder = tmp_path / "deployed"
+    shutil.copytree(toy.CATALOG, folder)
+    assert gradfix(run_python, "index", "--unchecked", str(folder)).returncode == 0
+    first = sorted(folder.glob("*.toml"))[0]
+    first.write_text(first.read_text() + "\n")  # edited after indexing
+    result = gradfix(run_python, "doctor", catalogs=(folder,))
+    assert result.returncode == 1
+    assert f"{folder}: index unchecked, stale: {first.name} edited" in result.stdout
+    assert f"`gradfix index --unchecked {folder}` again" in result.stdout
+
+
 def test_run_sets_the_environment_and_execs(run_python, tmp_path):
     script = tmp_path / "train.py"
     script.write_text(toy.WORKLOAD + "import os, sys\nprint('ENV', [os.environ.get(k) for k in ('GRADFIX', 'GRADFIX_STRICT', 'GRADFIX_DISABLE')])\nprint('ACTIVE', 'gradfix' in sys.modules)\n")
