@@ -1,6 +1,7 @@
 """Regenerate the files derived from the catalog (patches/*.toml):
 
-* ``gradfix/_catalog_index.py``, the pre-validated catalog read at start-up;
+* the built-in catalog's index, read at start-up: its block at the end of
+  ``gradfix/catalog.py`` and every entry's fields in ``gradfix/_catalog_entries.py``;
 * the support table in README.md, between its ``support-table`` markers, and the
   conformance summaries (patches/conformance.json, gradfix.conformance.summary),
   between its ``conformance-table`` and ``conformance-trainer-table`` markers;
@@ -20,7 +21,9 @@ import sys
 from . import catalog, implementation
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-INDEX = os.path.join(REPO, "gradfix", "_catalog_index.py")
+CATALOG_MODULE = os.path.join(REPO, "gradfix", "catalog.py")
+ENTRIES_MODULE = os.path.join(REPO, "gradfix", "_catalog_entries.py")
+INDEX_BEGIN, INDEX_END = "# generated: begin\n", "# generated: end\n"
 README = os.path.join(REPO, "README.md")
 BEGIN, END = "<!-- support-table: begin (python -m gradfix._generate) -->", "<!-- support-table: end -->"
 CONFORMANCE_BEGIN = "<!-- conformance-table: begin (python -m gradfix._generate) -->"
@@ -39,36 +42,45 @@ def _checked_catalog(patches: str) -> catalog.Catalog:
     return loaded
 
 
-def index_text(patches: str) -> str:
+def index_block(patches: str) -> str:
+    """The generated block of gradfix/catalog.py: the built-in catalog's file fingerprints,
+    fix targets and rows, all that start-up reads."""
     loaded = _checked_catalog(patches)
-    targets = _targets(patches)
     files = {os.path.basename(path): catalog.fingerprint(path) for path in catalog._toml_files(patches)}
-    lines = [
-        '"""The built-in catalog, validated and compiled from patches/*.toml by',
-        "`python -m gradfix._generate`. Do not edit: edit patches/ and regenerate.",
-        '"""',
-        "",
-        "# file name -> (size, CRC-32) of each patches/*.toml compiled here: a checkout's",
-        "# files are compared with these (a wheel's catalog by the names only).",
-        f"FILES = {files!r}",
-        "",
-        "# implementation -> the module it patches (its TARGET): the engine arms a patch",
-        "# from this and imports the fix module only when that module is imported.",
-        f"TARGETS = {targets!r}",
-        "",
-        "# Each entry's row (catalog.CatalogEntry.row: id, package, affected, fixed_in,",
-        "# implementation, normalised package name), all that activation reads; ENTRIES",
-        "# below hold every field, read when first needed.",
-        "ROWS = [",
+    return "\n".join([
+        "BUILTIN_FILES = {",
+        *(f"    {name!r}: {value!r}," for name, value in files.items()),
+        "}",
+        "BUILTIN_TARGETS = {",
+        *(f"    {name!r}: {value!r}," for name, value in _targets(patches).items()),
+        "}",
+        "BUILTIN_ROWS = [",
         *(f"    {entry.row!r}," for entry in loaded.entries),
         "]",
+        "",
+    ])
+
+
+def catalog_module_text(patches: str, module: str = CATALOG_MODULE) -> str:
+    """gradfix/catalog.py with its generated block computed from ``patches``."""
+    with open(module, encoding="utf-8") as handle:
+        head, rest = handle.read().split(INDEX_BEGIN, 1)
+    return head + INDEX_BEGIN + index_block(patches) + INDEX_END + rest.split(INDEX_END, 1)[1]
+
+
+def entries_text(patches: str) -> str:
+    loaded = _checked_catalog(patches)
+    return "\n".join([
+        '"""Every field of the built-in catalog\'s entries, validated and compiled from',
+        "patches/*.toml by `python -m gradfix._generate` (do not edit: edit patches/ and",
+        "regenerate). Read when something first asks for an entry's texts; start-up reads",
+        'only the block at the end of gradfix/catalog.py."""',
         "",
         "ENTRIES = [",
         *(f"    {entry.to_dict()!r}," for entry in loaded.entries),
         "]",
         "",
-    ]
-    return "\n".join(lines)
+    ])
 
 
 def _targets(patches: str) -> dict:
@@ -179,7 +191,8 @@ def main(argv=None) -> int:
     stale = []
     from .conformance import summary
 
-    derived = ((INDEX, index_text(patches)), (README, readme_text(patches)), (BOOTSTRAP, bootstrap_text(patches)),
+    derived = ((CATALOG_MODULE, catalog_module_text(patches)), (ENTRIES_MODULE, entries_text(patches)),
+               (README, readme_text(patches)), (BOOTSTRAP, bootstrap_text(patches)),
                (os.path.join(patches, summary.SUMMARY), conformance_summary_text(patches)))
     for path, wanted in derived:
         current = open(path, encoding="utf-8").read() if os.path.exists(path) else None

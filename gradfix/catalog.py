@@ -6,23 +6,20 @@ with the file and the field it concerns; a bad file is skipped, never guessed at
 
 Start-up speed: parsing TOML means importing tomllib, re and datetime, which
 would cost more than the rest of ``import gradfix``. So the built-in catalog is
-also compiled into ``gradfix/_catalog_index.py`` (``python -m gradfix._generate``),
-holding the validated entries and the exact text of each file they came from.
-The index is used only when every file still reads exactly as recorded;
-otherwise the TOML files are parsed and validated. An extra folder
-(GRADFIX_CATALOG_PATH) gets the same with ``gradfix index FOLDER``, which writes
-``FOLDER/gradfix-index.marshal``: used while every file's name, size and modification
-time are as recorded, ignored (the files are parsed) otherwise.
+also compiled (``python -m gradfix._generate``) into the block at the end of this
+module, each entry's row (the fields activation reads) and each file's size and
+CRC-32, with every field in ``gradfix/_catalog_entries.py``, read on first use. A
+wheel's catalog is installed with its index and trusted; a checkout's is used only
+while every file still matches its fingerprint, otherwise the TOML files are parsed
+and validated. An extra folder (GRADFIX_CATALOG_PATH) gets the same with ``gradfix
+index FOLDER``, which writes ``FOLDER/gradfix-index.marshal`` (see write_folder_index).
 """
 
 import marshal
 import os
 import sys
-from _operator import itemgetter  # built in; `operator` would be one more module to load
 
 from .versions import normalise
-
-_first = itemgetter(0)  # a row's id
 
 #: field -> (type, description); the schema documented in patches/README.md.
 SCHEMA = {
@@ -343,43 +340,33 @@ def _toml_files(directory: str):
     return [os.path.join(directory, name) for name in _toml_names(directory)]
 
 
-_targets = None  # the index's TARGETS, once read
-
-
 def known_target(implementation: str):
     """The TARGET of a built-in fix module, from the index (None when it is not one)."""
-    global _targets
-    if _targets is None:
-        try:
-            from . import _catalog_index as index
-        except ImportError:
-            _targets = {}
-        else:
-            _targets = getattr(index, "TARGETS", {})
-    return _targets.get(implementation)
+    return BUILTIN_TARGETS.get(implementation)
 
 
 def _from_index(directory: str, names, shipped: bool = False):
-    """The index's (origin, rows) if it describes exactly these files (by name), else None.
-    ``shipped``: the wheel's own copy of the catalog, installed with the index from the
-    same build, is checked by file names; a checkout's patches/ (edited by hand) file by
-    file."""
-    try:
-        from . import _catalog_index as index
-    except ImportError:
+    """The built-in index's (origin, rows) if it describes exactly these files, else
+    None. ``shipped``: the wheel's own copy of the catalog, installed with the index
+    from the same build, is checked by file names; a checkout's patches/, edited by
+    hand, file by file."""
+    if sorted(BUILTIN_FILES) != names:
         return None
-    if sorted(index.FILES) != names:
+    if not shipped and any(fingerprint(os.path.join(directory, name)) != BUILTIN_FILES[name] for name in names):
         return None
-    if not shipped and any(fingerprint(os.path.join(directory, name)) != index.FILES[name] for name in names):
-        return None
-    by_id = {}
+    return Origin(directory, lambda row: CatalogEntry.indexed(row, directory, _builtin_fields)), BUILTIN_ROWS
 
-    def build(row):
-        if not by_id:
-            by_id.update((fields["id"], fields) for fields in index.ENTRIES)
-        return CatalogEntry(by_id[row[0]], directory)
 
-    return Origin(directory, build), index.ROWS
+_builtin_entries = {}
+
+
+def _builtin_fields(entry_id: str) -> dict:
+    """Every field of a built-in entry, from gradfix/_catalog_entries.py (loaded on first use)."""
+    if not _builtin_entries:
+        from ._catalog_entries import ENTRIES
+
+        _builtin_entries.update((fields["id"], fields) for fields in ENTRIES)
+    return _builtin_entries[entry_id]
 
 
 def fingerprint(path: str):
@@ -458,7 +445,7 @@ class _FolderIndex:
 
     @property
     def names(self):
-        return list(map("{}.toml".format, map(_first, self.rows)))
+        return [row[0] + ".toml" for row in self.rows]
 
     def _decoded(self) -> dict:
         if self._rest is None:
@@ -544,7 +531,7 @@ def load(extra_dirs=(), include_builtin: bool = True, use_index: bool = True) ->
                     problems.append(exc.problem)
             loaded = _parsed_group(directory, parsed)
         origin, rows = loaded
-        ids = list(map(_first, rows))
+        ids = [row[0] for row in rows]
         if seen.keys().isdisjoint(ids):  # the usual case
             seen.update(dict.fromkeys(ids, origin))
         else:  # an id an earlier folder defines already: the first definition wins
@@ -559,3 +546,112 @@ def load(extra_dirs=(), include_builtin: bool = True, use_index: bool = True) ->
             rows = kept
         groups.append((origin, rows))
     return Catalog(groups, problems)
+
+
+# -- the built-in catalog's index ---------------------------------------------------
+# Generated from patches/*.toml by `python -m gradfix._generate` (do not edit: edit
+# patches/ and regenerate); here rather than in a module of its own, which would cost
+# every start-up one more import. Each catalog file's (size, CRC-32), the module each
+# built-in fix patches, and every entry's row. The entries' other fields are in
+# gradfix/_catalog_entries.py.
+# generated: begin
+BUILTIN_FILES = {
+    'accelerate-deepspeed-short-window.toml': (1166, 4231720772),
+    'ds-bf16-zero0-unfused.toml': (1040, 1411282001),
+    'ds-bf16-zero1-last-microbatch.toml': (1019, 3752273480),
+    'ds-output-hooks-direct-backward.toml': (1129, 1036676879),
+    'ds-output-hooks-engine-backward.toml': (1479, 3738776400),
+    'ds-pipeline-ga-scale.toml': (1023, 1262860557),
+    'ds-scale-wrt-gas-ignored.toml': (781, 380738366),
+    'ds-zero2-epilogue-reset.toml': (743, 1842609034),
+    'ds-zero2-offload-ga.toml': (875, 900992549),
+    'ds-zero2-offload-multi-backward.toml': (789, 2104320244),
+    'hf-ddp-no-sync-inverted.toml': (757, 158165958),
+    'hf-deepspeed-double-ga-scale.toml': (907, 1952327440),
+    'hf-dp-token-average.toml': (874, 2430045263),
+    'hf-loss-without-count-not-divided.toml': (1328, 2409256169),
+    'hf-mean-loss-not-divided.toml': (913, 428100323),
+    'hf-num-items-not-passed.toml': (1014, 3563426601),
+    'hf-partial-window-ga-divisor.toml': (1032, 2250011581),
+    'lf-mm-token-sum.toml': (1135, 1381143497),
+    'openrlhf-ppo-actor-dynamic-batch-boundary.toml': (1156, 4130711823),
+    'openrlhf-ppo-actor-microbatch-mean-dp.toml': (718, 1749820268),
+    'openrlhf-ppo-actor-microbatch-mean.toml': (1000, 585773660),
+    'openrlhf-ppo-critic-dynamic-batch-boundary.toml': (1160, 1645895659),
+    'openrlhf-ppo-critic-microbatch-mean-dp.toml': (732, 1301687492),
+    'openrlhf-ppo-critic-microbatch-mean.toml': (989, 3378065506),
+    'openrlhf-ppo-dynamic-batch-sample-fraction.toml': (892, 2011668233),
+    'openrlhf-sft-epoch-boundary.toml': (648, 2034200375),
+    'openrlhf-sft-gptlm-mean.toml': (899, 1846922953),
+    'openrlhf-sft-microbatch-mean-dp.toml': (660, 2006541385),
+    'openrlhf-sft-microbatch-mean.toml': (682, 3555642726),
+    'trl-grpo-truncated-denominator.toml': (785, 1734293486),
+    'trl-grpo-window-normaliser.toml': (747, 3987158696),
+}
+BUILTIN_TARGETS = {
+    'gradfix.fixes.accelerate.deepspeed_short_window': 'accelerate.utils.deepspeed',
+    'gradfix.fixes.deepspeed.bf16_zero0_unfused': 'deepspeed.runtime.engine',
+    'gradfix.fixes.deepspeed.bf16_zero1_last_microbatch': 'deepspeed.runtime.engine',
+    'gradfix.fixes.deepspeed.output_hooks_direct_backward': 'deepspeed.runtime.engine',
+    'gradfix.fixes.deepspeed.output_hooks_engine_backward': 'deepspeed.runtime.engine',
+    'gradfix.fixes.deepspeed.pipeline_ga_scale': 'deepspeed.runtime.pipe.engine',
+    'gradfix.fixes.deepspeed.scale_wrt_gas_ignored': 'deepspeed.runtime.engine',
+    'gradfix.fixes.deepspeed.zero2_epilogue_reset': 'deepspeed.runtime.zero.stage_1_and_2',
+    'gradfix.fixes.deepspeed.zero2_offload_ga': 'deepspeed.runtime.zero.stage_1_and_2',
+    'gradfix.fixes.deepspeed.zero2_offload_multi_backward': 'deepspeed.runtime.zero.stage_1_and_2',
+    'gradfix.fixes.llamafactory.mm_token_sum': 'llamafactory.train.sft.trainer',
+    'gradfix.fixes.openrlhf.ppo_actor_dynamic_batch_boundary': 'openrlhf.trainer.ray.ppo_actor',
+    'gradfix.fixes.openrlhf.ppo_actor_microbatch_mean': 'openrlhf.trainer.ray.ppo_actor',
+    'gradfix.fixes.openrlhf.ppo_actor_microbatch_mean_dp': 'openrlhf.trainer.ray.ppo_actor',
+    'gradfix.fixes.openrlhf.ppo_critic_dynamic_batch_boundary': 'openrlhf.trainer.ray.ppo_critic',
+    'gradfix.fixes.openrlhf.ppo_critic_microbatch_mean': 'openrlhf.trainer.ray.ppo_critic',
+    'gradfix.fixes.openrlhf.ppo_critic_microbatch_mean_dp': 'openrlhf.trainer.ray.ppo_critic',
+    'gradfix.fixes.openrlhf.ppo_dynamic_batch_sample_fraction': 'openrlhf.trainer.ppo_utils.replay_buffer',
+    'gradfix.fixes.openrlhf.sft_epoch_boundary': 'openrlhf.trainer.sft_trainer',
+    'gradfix.fixes.openrlhf.sft_gptlm_mean': 'openrlhf.trainer.sft_trainer',
+    'gradfix.fixes.openrlhf.sft_microbatch_mean': 'openrlhf.trainer.sft_trainer',
+    'gradfix.fixes.openrlhf.sft_microbatch_mean_dp': 'openrlhf.trainer.sft_trainer',
+    'gradfix.fixes.transformers.ddp_no_sync_inverted': 'transformers.trainer',
+    'gradfix.fixes.transformers.deepspeed_double_ga_scale': 'transformers.trainer',
+    'gradfix.fixes.transformers.dp_token_average': 'transformers.training_args',
+    'gradfix.fixes.transformers.loss_without_count': 'transformers.trainer',
+    'gradfix.fixes.transformers.mean_loss_not_divided': 'transformers.trainer',
+    'gradfix.fixes.transformers.num_items_not_passed': 'transformers.trainer',
+    'gradfix.fixes.transformers.partial_window': 'transformers.trainer',
+    'gradfix.fixes.trl.grpo_truncated_denominator': 'trl.trainer.grpo_trainer',
+    'gradfix.fixes.trl.grpo_window_normaliser': 'trl.trainer.grpo_trainer',
+}
+BUILTIN_ROWS = [
+    ('accelerate-deepspeed-short-window', 'accelerate', '>=0.26.0,<1.8.0', '1.8.0', 'gradfix.fixes.accelerate.deepspeed_short_window', 'accelerate'),
+    ('ds-bf16-zero0-unfused', 'deepspeed', '>=0.17.6,<0.18.6', '0.18.6', 'gradfix.fixes.deepspeed.bf16_zero0_unfused', 'deepspeed'),
+    ('ds-bf16-zero1-last-microbatch', 'deepspeed', '>=0.18.5,<0.19.0', '0.19.0', 'gradfix.fixes.deepspeed.bf16_zero1_last_microbatch', 'deepspeed'),
+    ('ds-output-hooks-direct-backward', 'deepspeed', '>=0.18.3', 'none', 'gradfix.fixes.deepspeed.output_hooks_direct_backward', 'deepspeed'),
+    ('ds-output-hooks-engine-backward', 'deepspeed', '>=0.18.3,<0.19.6', '0.19.6', 'gradfix.fixes.deepspeed.output_hooks_engine_backward', 'deepspeed'),
+    ('ds-pipeline-ga-scale', 'deepspeed', '>=0.16.0,<0.19.3', '0.19.3', 'gradfix.fixes.deepspeed.pipeline_ga_scale', 'deepspeed'),
+    ('ds-scale-wrt-gas-ignored', 'deepspeed', '>=0.18.3,<0.18.4', '0.18.4', 'gradfix.fixes.deepspeed.scale_wrt_gas_ignored', 'deepspeed'),
+    ('ds-zero2-epilogue-reset', 'deepspeed', '>=0.17.6,<0.18.3', '0.18.3', 'gradfix.fixes.deepspeed.zero2_epilogue_reset', 'deepspeed'),
+    ('ds-zero2-offload-ga', 'deepspeed', '>=0.15.2,<0.19.0', '0.19.0', 'gradfix.fixes.deepspeed.zero2_offload_ga', 'deepspeed'),
+    ('ds-zero2-offload-multi-backward', 'deepspeed', '<0.19.0', '0.19.0', 'gradfix.fixes.deepspeed.zero2_offload_multi_backward', 'deepspeed'),
+    ('hf-ddp-no-sync-inverted', 'transformers', '>=4.46.2,<4.46.3', '4.46.3', 'gradfix.fixes.transformers.ddp_no_sync_inverted', 'transformers'),
+    ('hf-deepspeed-double-ga-scale', 'transformers', '>=4.46.2,<4.49.0', '4.49.0', 'gradfix.fixes.transformers.deepspeed_double_ga_scale', 'transformers'),
+    ('hf-dp-token-average', 'transformers', '>=4.46.2,<4.54.0', '4.54.0', 'gradfix.fixes.transformers.dp_token_average', 'transformers'),
+    ('hf-loss-without-count-not-divided', 'transformers', '>=4.48.1,<4.53.0', '4.53.0', 'gradfix.fixes.transformers.loss_without_count', 'transformers'),
+    ('hf-mean-loss-not-divided', 'transformers', '>=4.46.2,<4.48.0', '4.48.0', 'gradfix.fixes.transformers.mean_loss_not_divided', 'transformers'),
+    ('hf-num-items-not-passed', 'transformers', '>=4.48.0,<4.48.1', '4.48.1', 'gradfix.fixes.transformers.num_items_not_passed', 'transformers'),
+    ('hf-partial-window-ga-divisor', 'transformers', '>=4.46.2,<4.55.0', '4.55.0', 'gradfix.fixes.transformers.partial_window', 'transformers'),
+    ('lf-mm-token-sum', 'llamafactory', '>=0.9.3', 'none', 'gradfix.fixes.llamafactory.mm_token_sum', 'llamafactory'),
+    ('openrlhf-ppo-actor-dynamic-batch-boundary', 'openrlhf', '>=0.8.6', 'none', 'gradfix.fixes.openrlhf.ppo_actor_dynamic_batch_boundary', 'openrlhf'),
+    ('openrlhf-ppo-actor-microbatch-mean-dp', 'openrlhf', '>=0.10.3,<0.10.4', '0.10.4', 'gradfix.fixes.openrlhf.ppo_actor_microbatch_mean_dp', 'openrlhf'),
+    ('openrlhf-ppo-actor-microbatch-mean', 'openrlhf', '>=0.7.0,<0.10.3', '0.10.4', 'gradfix.fixes.openrlhf.ppo_actor_microbatch_mean', 'openrlhf'),
+    ('openrlhf-ppo-critic-dynamic-batch-boundary', 'openrlhf', '>=0.8.6', 'none', 'gradfix.fixes.openrlhf.ppo_critic_dynamic_batch_boundary', 'openrlhf'),
+    ('openrlhf-ppo-critic-microbatch-mean-dp', 'openrlhf', '>=0.10.3,<0.10.4', '0.10.4', 'gradfix.fixes.openrlhf.ppo_critic_microbatch_mean_dp', 'openrlhf'),
+    ('openrlhf-ppo-critic-microbatch-mean', 'openrlhf', '>=0.7.0,<0.10.3', '0.10.4', 'gradfix.fixes.openrlhf.ppo_critic_microbatch_mean', 'openrlhf'),
+    ('openrlhf-ppo-dynamic-batch-sample-fraction', 'openrlhf', '>=0.8.6,<0.10.3', '0.10.3', 'gradfix.fixes.openrlhf.ppo_dynamic_batch_sample_fraction', 'openrlhf'),
+    ('openrlhf-sft-epoch-boundary', 'openrlhf', '>=0.10.4,<0.11.2', '0.11.2', 'gradfix.fixes.openrlhf.sft_epoch_boundary', 'openrlhf'),
+    ('openrlhf-sft-gptlm-mean', 'openrlhf', '<0.7.0', '0.10.4', 'gradfix.fixes.openrlhf.sft_gptlm_mean', 'openrlhf'),
+    ('openrlhf-sft-microbatch-mean-dp', 'openrlhf', '>=0.10.3,<0.10.4', '0.10.4', 'gradfix.fixes.openrlhf.sft_microbatch_mean_dp', 'openrlhf'),
+    ('openrlhf-sft-microbatch-mean', 'openrlhf', '>=0.7.0,<0.10.3', '0.10.4', 'gradfix.fixes.openrlhf.sft_microbatch_mean', 'openrlhf'),
+    ('trl-grpo-truncated-denominator', 'trl', '>=0.22.0,<1.9.0', '1.9.0', 'gradfix.fixes.trl.grpo_truncated_denominator', 'trl'),
+    ('trl-grpo-window-normaliser', 'trl', '>=0.22.0,<1.9.1', '1.9.1', 'gradfix.fixes.trl.grpo_window_normaliser', 'trl'),
+]
+# generated: end

@@ -66,6 +66,19 @@ def _module_files(modules) -> dict:
     return files
 
 
+def _listing(entry: str):
+    """The names in a sys.path folder. The import system has usually listed it already
+    (to import gradfix): its finder's cached listing is used while the folder's
+    modification time is the one the finder recorded, the test the finder itself
+    applies before trusting it; otherwise the folder is listed again."""
+    path = entry or os.getcwd()
+    finder = sys.path_importer_cache.get(path)
+    cached = getattr(finder, "_path_cache", None)  # importlib's FileFinder (CPython 3.3+)
+    if cached and sys.platform != "win32" and getattr(finder, "_path_mtime", None) == os.stat(path).st_mtime:
+        return cached  # (on Windows the cached names are case-folded)
+    return os.listdir(path)
+
+
 def scan(distributions, modules=()) -> Scan:
     """Versions of ``distributions`` (names, or a dict of names to their normalised
     forms, which the catalog's rows record) and which of the top-level ``modules`` a
@@ -80,7 +93,7 @@ def scan(distributions, modules=()) -> Scan:
         if entry in _STANDARD_LIBRARY:
             continue
         try:
-            names = os.listdir(entry or os.curdir)
+            names = _listing(entry)
         except NotADirectoryError:  # a zip archive
             complete = False
             continue

@@ -15,7 +15,10 @@ from gradfix import _generate, catalog
 
 def test_index_and_readme_table_are_current():
     patches = str(REPO / "patches")
-    assert (REPO / "gradfix" / "_catalog_index.py").read_text() == _generate.index_text(patches), (
+    assert (REPO / "gradfix" / "catalog.py").read_text() == _generate.catalog_module_text(patches), (
+        "run `python -m gradfix._generate`"
+    )
+    assert (REPO / "gradfix" / "_catalog_entries.py").read_text() == _generate.entries_text(patches), (
         "run `python -m gradfix._generate`"
     )
     assert (REPO / "README.md").read_text() == _generate.readme_text(patches, str(REPO / "README.md")), (
@@ -27,13 +30,18 @@ def test_index_and_readme_table_are_current():
 
 @pytest.fixture
 def fixture_index(tmp_path, monkeypatch):
-    """An index compiled from a copy of the fixture catalog, installed as gradfix._catalog_index."""
+    """An index compiled from a copy of the fixture catalog, installed as the built-in one."""
     folder = tmp_path / "catalog"
     shutil.copytree(toy.CATALOG, folder)
-    index = types.ModuleType("gradfix._catalog_index")
-    exec(_generate.index_text(str(folder)), index.__dict__)
-    monkeypatch.setitem(sys.modules, "gradfix._catalog_index", index)
-    monkeypatch.setattr(gradfix, "_catalog_index", index)
+    block = {}
+    exec(_generate.index_block(str(folder)), block)
+    for name in ("BUILTIN_FILES", "BUILTIN_TARGETS", "BUILTIN_ROWS"):
+        monkeypatch.setattr(catalog, name, block[name])
+    entries = types.ModuleType("gradfix._catalog_entries")
+    exec(_generate.entries_text(str(folder)), entries.__dict__)
+    monkeypatch.setitem(sys.modules, "gradfix._catalog_entries", entries)
+    monkeypatch.setattr(gradfix, "_catalog_entries", entries, raising=False)
+    monkeypatch.setattr(catalog, "_builtin_entries", {})
     return folder
 
 

@@ -1,51 +1,7 @@
-"""The built-in catalog, validated and compiled from patches/*.toml by
-`python -m gradfix._generate`. Do not edit: edit patches/ and regenerate.
-"""
-
-# file name -> (size, CRC-32) of each patches/*.toml compiled here: a checkout's
-# files are compared with these (a wheel's catalog by the names only).
-FILES = {'accelerate-deepspeed-short-window.toml': (1166, 4231720772), 'ds-bf16-zero0-unfused.toml': (1040, 1411282001), 'ds-bf16-zero1-last-microbatch.toml': (1019, 3752273480), 'ds-output-hooks-direct-backward.toml': (1129, 1036676879), 'ds-output-hooks-engine-backward.toml': (1479, 3738776400), 'ds-pipeline-ga-scale.toml': (1023, 1262860557), 'ds-scale-wrt-gas-ignored.toml': (781, 380738366), 'ds-zero2-epilogue-reset.toml': (743, 1842609034), 'ds-zero2-offload-ga.toml': (875, 900992549), 'ds-zero2-offload-multi-backward.toml': (789, 2104320244), 'hf-ddp-no-sync-inverted.toml': (757, 158165958), 'hf-deepspeed-double-ga-scale.toml': (907, 1952327440), 'hf-dp-token-average.toml': (874, 2430045263), 'hf-loss-without-count-not-divided.toml': (1328, 2409256169), 'hf-mean-loss-not-divided.toml': (913, 428100323), 'hf-num-items-not-passed.toml': (1014, 3563426601), 'hf-partial-window-ga-divisor.toml': (1032, 2250011581), 'lf-mm-token-sum.toml': (1135, 1381143497), 'openrlhf-ppo-actor-dynamic-batch-boundary.toml': (1156, 4130711823), 'openrlhf-ppo-actor-microbatch-mean-dp.toml': (718, 1749820268), 'openrlhf-ppo-actor-microbatch-mean.toml': (1000, 585773660), 'openrlhf-ppo-critic-dynamic-batch-boundary.toml': (1160, 1645895659), 'openrlhf-ppo-critic-microbatch-mean-dp.toml': (732, 1301687492), 'openrlhf-ppo-critic-microbatch-mean.toml': (989, 3378065506), 'openrlhf-ppo-dynamic-batch-sample-fraction.toml': (892, 2011668233), 'openrlhf-sft-epoch-boundary.toml': (648, 2034200375), 'openrlhf-sft-gptlm-mean.toml': (899, 1846922953), 'openrlhf-sft-microbatch-mean-dp.toml': (660, 2006541385), 'openrlhf-sft-microbatch-mean.toml': (682, 3555642726), 'trl-grpo-truncated-denominator.toml': (785, 1734293486), 'trl-grpo-window-normaliser.toml': (747, 3987158696)}
-
-# implementation -> the module it patches (its TARGET): the engine arms a patch
-# from this and imports the fix module only when that module is imported.
-TARGETS = {'gradfix.fixes.accelerate.deepspeed_short_window': 'accelerate.utils.deepspeed', 'gradfix.fixes.deepspeed.bf16_zero0_unfused': 'deepspeed.runtime.engine', 'gradfix.fixes.deepspeed.bf16_zero1_last_microbatch': 'deepspeed.runtime.engine', 'gradfix.fixes.deepspeed.output_hooks_direct_backward': 'deepspeed.runtime.engine', 'gradfix.fixes.deepspeed.output_hooks_engine_backward': 'deepspeed.runtime.engine', 'gradfix.fixes.deepspeed.pipeline_ga_scale': 'deepspeed.runtime.pipe.engine', 'gradfix.fixes.deepspeed.scale_wrt_gas_ignored': 'deepspeed.runtime.engine', 'gradfix.fixes.deepspeed.zero2_epilogue_reset': 'deepspeed.runtime.zero.stage_1_and_2', 'gradfix.fixes.deepspeed.zero2_offload_ga': 'deepspeed.runtime.zero.stage_1_and_2', 'gradfix.fixes.deepspeed.zero2_offload_multi_backward': 'deepspeed.runtime.zero.stage_1_and_2', 'gradfix.fixes.llamafactory.mm_token_sum': 'llamafactory.train.sft.trainer', 'gradfix.fixes.openrlhf.ppo_actor_dynamic_batch_boundary': 'openrlhf.trainer.ray.ppo_actor', 'gradfix.fixes.openrlhf.ppo_actor_microbatch_mean': 'openrlhf.trainer.ray.ppo_actor', 'gradfix.fixes.openrlhf.ppo_actor_microbatch_mean_dp': 'openrlhf.trainer.ray.ppo_actor', 'gradfix.fixes.openrlhf.ppo_critic_dynamic_batch_boundary': 'openrlhf.trainer.ray.ppo_critic', 'gradfix.fixes.openrlhf.ppo_critic_microbatch_mean': 'openrlhf.trainer.ray.ppo_critic', 'gradfix.fixes.openrlhf.ppo_critic_microbatch_mean_dp': 'openrlhf.trainer.ray.ppo_critic', 'gradfix.fixes.openrlhf.ppo_dynamic_batch_sample_fraction': 'openrlhf.trainer.ppo_utils.replay_buffer', 'gradfix.fixes.openrlhf.sft_epoch_boundary': 'openrlhf.trainer.sft_trainer', 'gradfix.fixes.openrlhf.sft_gptlm_mean': 'openrlhf.trainer.sft_trainer', 'gradfix.fixes.openrlhf.sft_microbatch_mean': 'openrlhf.trainer.sft_trainer', 'gradfix.fixes.openrlhf.sft_microbatch_mean_dp': 'openrlhf.trainer.sft_trainer', 'gradfix.fixes.transformers.ddp_no_sync_inverted': 'transformers.trainer', 'gradfix.fixes.transformers.deepspeed_double_ga_scale': 'transformers.trainer', 'gradfix.fixes.transformers.dp_token_average': 'transformers.training_args', 'gradfix.fixes.transformers.loss_without_count': 'transformers.trainer', 'gradfix.fixes.transformers.mean_loss_not_divided': 'transformers.trainer', 'gradfix.fixes.transformers.num_items_not_passed': 'transformers.trainer', 'gradfix.fixes.transformers.partial_window': 'transformers.trainer', 'gradfix.fixes.trl.grpo_truncated_denominator': 'trl.trainer.grpo_trainer', 'gradfix.fixes.trl.grpo_window_normaliser': 'trl.trainer.grpo_trainer'}
-
-# Each entry's row (catalog.CatalogEntry.row: id, package, affected, fixed_in,
-# implementation, normalised package name), all that activation reads; ENTRIES
-# below hold every field, read when first needed.
-ROWS = [
-    ('accelerate-deepspeed-short-window', 'accelerate', '>=0.26.0,<1.8.0', '1.8.0', 'gradfix.fixes.accelerate.deepspeed_short_window', 'accelerate'),
-    ('ds-bf16-zero0-unfused', 'deepspeed', '>=0.17.6,<0.18.6', '0.18.6', 'gradfix.fixes.deepspeed.bf16_zero0_unfused', 'deepspeed'),
-    ('ds-bf16-zero1-last-microbatch', 'deepspeed', '>=0.18.5,<0.19.0', '0.19.0', 'gradfix.fixes.deepspeed.bf16_zero1_last_microbatch', 'deepspeed'),
-    ('ds-output-hooks-direct-backward', 'deepspeed', '>=0.18.3', 'none', 'gradfix.fixes.deepspeed.output_hooks_direct_backward', 'deepspeed'),
-    ('ds-output-hooks-engine-backward', 'deepspeed', '>=0.18.3,<0.19.6', '0.19.6', 'gradfix.fixes.deepspeed.output_hooks_engine_backward', 'deepspeed'),
-    ('ds-pipeline-ga-scale', 'deepspeed', '>=0.16.0,<0.19.3', '0.19.3', 'gradfix.fixes.deepspeed.pipeline_ga_scale', 'deepspeed'),
-    ('ds-scale-wrt-gas-ignored', 'deepspeed', '>=0.18.3,<0.18.4', '0.18.4', 'gradfix.fixes.deepspeed.scale_wrt_gas_ignored', 'deepspeed'),
-    ('ds-zero2-epilogue-reset', 'deepspeed', '>=0.17.6,<0.18.3', '0.18.3', 'gradfix.fixes.deepspeed.zero2_epilogue_reset', 'deepspeed'),
-    ('ds-zero2-offload-ga', 'deepspeed', '>=0.15.2,<0.19.0', '0.19.0', 'gradfix.fixes.deepspeed.zero2_offload_ga', 'deepspeed'),
-    ('ds-zero2-offload-multi-backward', 'deepspeed', '<0.19.0', '0.19.0', 'gradfix.fixes.deepspeed.zero2_offload_multi_backward', 'deepspeed'),
-    ('hf-ddp-no-sync-inverted', 'transformers', '>=4.46.2,<4.46.3', '4.46.3', 'gradfix.fixes.transformers.ddp_no_sync_inverted', 'transformers'),
-    ('hf-deepspeed-double-ga-scale', 'transformers', '>=4.46.2,<4.49.0', '4.49.0', 'gradfix.fixes.transformers.deepspeed_double_ga_scale', 'transformers'),
-    ('hf-dp-token-average', 'transformers', '>=4.46.2,<4.54.0', '4.54.0', 'gradfix.fixes.transformers.dp_token_average', 'transformers'),
-    ('hf-loss-without-count-not-divided', 'transformers', '>=4.48.1,<4.53.0', '4.53.0', 'gradfix.fixes.transformers.loss_without_count', 'transformers'),
-    ('hf-mean-loss-not-divided', 'transformers', '>=4.46.2,<4.48.0', '4.48.0', 'gradfix.fixes.transformers.mean_loss_not_divided', 'transformers'),
-    ('hf-num-items-not-passed', 'transformers', '>=4.48.0,<4.48.1', '4.48.1', 'gradfix.fixes.transformers.num_items_not_passed', 'transformers'),
-    ('hf-partial-window-ga-divisor', 'transformers', '>=4.46.2,<4.55.0', '4.55.0', 'gradfix.fixes.transformers.partial_window', 'transformers'),
-    ('lf-mm-token-sum', 'llamafactory', '>=0.9.3', 'none', 'gradfix.fixes.llamafactory.mm_token_sum', 'llamafactory'),
-    ('openrlhf-ppo-actor-dynamic-batch-boundary', 'openrlhf', '>=0.8.6', 'none', 'gradfix.fixes.openrlhf.ppo_actor_dynamic_batch_boundary', 'openrlhf'),
-    ('openrlhf-ppo-actor-microbatch-mean-dp', 'openrlhf', '>=0.10.3,<0.10.4', '0.10.4', 'gradfix.fixes.openrlhf.ppo_actor_microbatch_mean_dp', 'openrlhf'),
-    ('openrlhf-ppo-actor-microbatch-mean', 'openrlhf', '>=0.7.0,<0.10.3', '0.10.4', 'gradfix.fixes.openrlhf.ppo_actor_microbatch_mean', 'openrlhf'),
-    ('openrlhf-ppo-critic-dynamic-batch-boundary', 'openrlhf', '>=0.8.6', 'none', 'gradfix.fixes.openrlhf.ppo_critic_dynamic_batch_boundary', 'openrlhf'),
-    ('openrlhf-ppo-critic-microbatch-mean-dp', 'openrlhf', '>=0.10.3,<0.10.4', '0.10.4', 'gradfix.fixes.openrlhf.ppo_critic_microbatch_mean_dp', 'openrlhf'),
-    ('openrlhf-ppo-critic-microbatch-mean', 'openrlhf', '>=0.7.0,<0.10.3', '0.10.4', 'gradfix.fixes.openrlhf.ppo_critic_microbatch_mean', 'openrlhf'),
-    ('openrlhf-ppo-dynamic-batch-sample-fraction', 'openrlhf', '>=0.8.6,<0.10.3', '0.10.3', 'gradfix.fixes.openrlhf.ppo_dynamic_batch_sample_fraction', 'openrlhf'),
-    ('openrlhf-sft-epoch-boundary', 'openrlhf', '>=0.10.4,<0.11.2', '0.11.2', 'gradfix.fixes.openrlhf.sft_epoch_boundary', 'openrlhf'),
-    ('openrlhf-sft-gptlm-mean', 'openrlhf', '<0.7.0', '0.10.4', 'gradfix.fixes.openrlhf.sft_gptlm_mean', 'openrlhf'),
-    ('openrlhf-sft-microbatch-mean-dp', 'openrlhf', '>=0.10.3,<0.10.4', '0.10.4', 'gradfix.fixes.openrlhf.sft_microbatch_mean_dp', 'openrlhf'),
-    ('openrlhf-sft-microbatch-mean', 'openrlhf', '>=0.7.0,<0.10.3', '0.10.4', 'gradfix.fixes.openrlhf.sft_microbatch_mean', 'openrlhf'),
-    ('trl-grpo-truncated-denominator', 'trl', '>=0.22.0,<1.9.0', '1.9.0', 'gradfix.fixes.trl.grpo_truncated_denominator', 'trl'),
-    ('trl-grpo-window-normaliser', 'trl', '>=0.22.0,<1.9.1', '1.9.1', 'gradfix.fixes.trl.grpo_window_normaliser', 'trl'),
-]
+"""Every field of the built-in catalog's entries, validated and compiled from
+patches/*.toml by `python -m gradfix._generate` (do not edit: edit patches/ and
+regenerate). Read when something first asks for an entry's texts; start-up reads
+only the block at the end of gradfix/catalog.py."""
 
 ENTRIES = [
     {'id': 'accelerate-deepspeed-short-window', 'package': 'accelerate', 'affected': '>=0.26.0,<1.8.0', 'fixed_in': '1.8.0', 'summary': 'Under DeepSpeed, the engine decides the accumulation windows by its own micro-batch count: a window that ends early (the last of an epoch) is never stepped, and every later window is out of line.', 'trigger': 'DeepSpeed through accelerate (Trainer, TRL, LLaMA-Factory, accelerator.accumulate), gradient_accumulation_steps >= 2, and an epoch whose micro-batches per rank are not a multiple of GA.', 'effect': "The last window of an epoch makes no optimizer step; its gradients are added to the next window, whose end the engine then places by its own count, so from the second epoch on each optimizer step mixes micro-batches of two of the trainer's windows and the learning-rate schedule and logging no longer match the steps taken. A one-epoch run loses its last step.", 'upstream': ['huggingface/accelerate#3552 (report)', 'huggingface/accelerate#3630 (fix, 1.8.0: DeepSpeedEngineWrapper.backward calls engine.set_gradient_accumulation_boundary(sync_gradients))'], 'implementation': 'gradfix.fixes.accelerate.deepspeed_short_window', 'since': '0.1.0'},
