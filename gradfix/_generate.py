@@ -18,7 +18,7 @@ import argparse
 import os
 import sys
 
-from . import catalog, implementation
+from . import catalog, catalog_files, implementation
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CATALOG_MODULE = os.path.join(REPO, "gradfix", "catalog.py")
@@ -46,7 +46,7 @@ def index_block(patches: str) -> str:
     """The generated block of gradfix/catalog.py: the built-in catalog's file fingerprints,
     fix targets and rows, all that start-up reads."""
     loaded = _checked_catalog(patches)
-    files = {os.path.basename(path): catalog.fingerprint(path) for path in catalog._toml_files(patches)}
+    files = {os.path.basename(path): catalog_files.fingerprint(path) for path in catalog._toml_files(patches)}
     return "\n".join([
         "BUILTIN_FILES = {",
         *(f"    {name!r}: {value!r}," for name, value in files.items()),

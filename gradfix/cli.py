@@ -87,7 +87,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_index(args) -> int:
-    from . import catalog
+    from . import catalog, catalog_files
 
     code = OK
     for folder in args.folders:
@@ -95,7 +95,7 @@ def cmd_index(args) -> int:
             print(f"gradfix index: {folder} is not a folder", file=sys.stderr)
             code = USAGE
             continue
-        loaded = catalog.write_folder_index(folder, checked=not args.unchecked)
+        loaded = catalog_files.write_folder_index(folder, checked=not args.unchecked)
         for problem in loaded.problems:
             print(f"gradfix index: catalog error: {problem}", file=sys.stderr)
         if loaded.problems:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import List, TextIO
 
 from . import catalog as catalog_module
+from . import catalog_files
 from . import config
 from . import __version__
 from .versions import installed_versions
@@ -90,7 +91,7 @@ def run(out: TextIO) -> int:
     folders = [str(catalog_module.builtin_dir())] + list(settings.catalog_path)
     say(f"\nCatalog: {len(catalog.entries)} patch(es) from {', '.join(folders)}")
     for folder in settings.catalog_path:
-        state = catalog_module.folder_index_state(folder)
+        state = catalog_files.folder_index_state(folder)
         say(f"  {folder}: index {state}")
         if state.startswith("unchecked, stale"):
             problems.append(f"catalog folder {folder}: its unchecked index no longer matches the files "

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 import toy
-from gradfix import catalog, implementation
+from gradfix import catalog, catalog_files, implementation
 
 VALID = {
     "id": "demo-bug",
@@ -38,7 +38,7 @@ def write(folder: Path, data, name=None) -> Path:
 
 
 def test_valid_entry(tmp_path):
-    entry = catalog.load_file(write(tmp_path, VALID))
+    entry = catalog_files.load_file(write(tmp_path, VALID))
     assert entry.id == "demo-bug" and entry.package == "demo"
     assert entry.affected_set.contains("1.5") and not entry.affected_set.contains("2.0")
     assert entry.affected == ">=1.0,<2.0"  # lower bound first, as written
@@ -47,16 +47,16 @@ def test_valid_entry(tmp_path):
 
 
 def test_unpatched_releases_say_why(tmp_path):
-    entry = catalog.load_file(write(tmp_path, dict(VALID, unpatched=["<1.2: the old loss class"])))
+    entry = catalog_files.load_file(write(tmp_path, dict(VALID, unpatched=["<1.2: the old loss class"])))
     assert entry.unpatched_reason("1.1") == "the old loss class" and entry.unpatched_reason("1.5") == ""
     for bad, words in ((["<1.2"], "SPECIFIERS: why"), (["<<1: x"], "specifier"), (["<1.2:  "], "does not say why")):
-        with pytest.raises(catalog.CatalogError) as info:
-            catalog.load_file(write(tmp_path, dict(VALID, unpatched=bad)))
+        with pytest.raises(catalog_files.CatalogError) as info:
+            catalog_files.load_file(write(tmp_path, dict(VALID, unpatched=bad)))
         assert info.value.problem.field == "unpatched" and words in info.value.problem.message
 
 
 def test_bug_without_an_upstream_fix(tmp_path):
-    entry = catalog.load_file(write(tmp_path, dict(VALID, affected=">=1.0", fixed_in="none")))
+    entry = catalog_files.load_file(write(tmp_path, dict(VALID, affected=">=1.0", fixed_in="none")))
     assert entry.fixed_in == catalog.UNFIXED and entry.affected_set.contains("99.0")
     assert entry.upgrade_advice() == "No demo release fixes this bug yet"
 
@@ -80,8 +80,8 @@ def test_bug_without_an_upstream_fix(tmp_path):
 def test_invalid_field_is_named(tmp_path, change, field, words):
     data = dict(VALID, **change)
     path = write(tmp_path, data, name="demo-bug")
-    with pytest.raises(catalog.CatalogError) as info:
-        catalog.load_file(path)
+    with pytest.raises(catalog_files.CatalogError) as info:
+        catalog_files.load_file(path)
     assert info.value.problem.field == field
     assert words in info.value.problem.message
     assert str(path) in str(info.value) and repr(field) in str(info.value)
@@ -90,17 +90,17 @@ def test_invalid_field_is_named(tmp_path, change, field, words):
 def test_missing_field_and_id_mismatch(tmp_path):
     data = dict(VALID)
     del data["effect"]
-    with pytest.raises(catalog.CatalogError, match="'effect': missing"):
-        catalog.load_file(write(tmp_path, data))
-    with pytest.raises(catalog.CatalogError, match="must equal the file name 'other'"):
-        catalog.load_file(write(tmp_path, VALID, name="other"))
+    with pytest.raises(catalog_files.CatalogError, match="'effect': missing"):
+        catalog_files.load_file(write(tmp_path, data))
+    with pytest.raises(catalog_files.CatalogError, match="must equal the file name 'other'"):
+        catalog_files.load_file(write(tmp_path, VALID, name="other"))
 
 
 def test_unreadable_toml(tmp_path):
     path = tmp_path / "broken.toml"
     path.write_text("id = \n")
-    with pytest.raises(catalog.CatalogError, match="cannot read"):
-        catalog.load_file(path)
+    with pytest.raises(catalog_files.CatalogError, match="cannot read"):
+        catalog_files.load_file(path)
 
 
 def test_load_skips_bad_files_and_duplicates(tmp_path):
@@ -138,7 +138,7 @@ def test_coverage_check_finds_both_directions(tmp_path):
         "gftoy_fixes.broken_apply has no catalog entry (add patches/<id>.toml naming it)",
         "gftoy_fixes.uncorrectable has no catalog entry (add patches/<id>.toml naming it)",
     ]
-    ghost = catalog.load_file(write(tmp_path, dict(VALID, implementation="gftoy_fixes.ghost")))
+    ghost = catalog_files.load_file(write(tmp_path, dict(VALID, implementation="gftoy_fixes.ghost")))
     problems = implementation.coverage_problems([ghost], "gftoy_fixes")
     assert any("cannot import gftoy_fixes.ghost" in p for p in problems)
 
@@ -149,7 +149,7 @@ def test_folder_index_is_used_while_the_files_are_unchanged(tmp_path, run_python
     folder = tmp_path / "extra"
     folder.mkdir()
     write(folder, VALID)
-    assert catalog.write_folder_index(str(folder)).problems == ()
+    assert catalog_files.write_folder_index(str(folder)).problems == ()
     probe = ("import sys\nimport gradfix\nfrom gradfix import catalog\n"
              "entry = next(e for e in catalog.load([sys.argv[1]], include_builtin=False).entries)\n"
              "print('SUMMARY', repr(entry.summary))\n"
@@ -168,7 +168,7 @@ def test_folder_index_keeps_every_field(tmp_path):
     folder = tmp_path / "extra"
     folder.mkdir()
     write(folder, dict(VALID, unpatched=[">=1.0,<1.1: reason"]))
-    parsed = [e.to_dict() for e in catalog.write_folder_index(str(folder)).entries]
+    parsed = [e.to_dict() for e in catalog_files.write_folder_index(str(folder)).entries]
     origin, rows = catalog._from_folder_index(str(folder))
     indexed = [origin.entry(row) for row in rows]
     assert [e.to_dict() for e in indexed] == parsed
@@ -183,17 +183,17 @@ def test_unchecked_folder_index_is_trusted_and_doctor_tells_when_it_is_stale(tmp
     folder.mkdir()
     write(folder, VALID)
     write(folder, dict(VALID, id="demo-gone"))
-    assert catalog.write_folder_index(str(folder), checked=False).problems == ()
-    assert catalog.folder_index_state(str(folder)) == "unchecked"
+    assert catalog_files.write_folder_index(str(folder), checked=False).problems == ()
+    assert catalog_files.folder_index_state(str(folder)) == "unchecked"
     write(folder, dict(VALID, summary="changed"))  # edited, not re-indexed
     write(folder, dict(VALID, id="demo-other"))
     (folder / "demo-gone.toml").unlink()
     loaded = catalog.load([str(folder)], include_builtin=False)
     assert [(e.id, e.summary) for e in loaded.entries] == [("demo-bug", "s"), ("demo-gone", "s")]
-    assert catalog.folder_index_state(str(folder)) == (
+    assert catalog_files.folder_index_state(str(folder)) == (
         "unchecked, stale: demo-other.toml added, demo-gone.toml removed, demo-bug.toml edited")
-    assert catalog.write_folder_index(str(folder)).problems == ()  # checked from now on
-    assert catalog.folder_index_state(str(folder)) == "checked"
+    assert catalog_files.write_folder_index(str(folder)).problems == ()  # checked from now on
+    assert catalog_files.folder_index_state(str(folder)) == "checked"
     assert [e.id for e in catalog.load([str(folder)], include_builtin=False).entries] == ["demo-bug", "demo-other"]
 
 
@@ -211,5 +211,5 @@ def test_folder_with_errors_is_not_indexed(tmp_path):
     folder = tmp_path / "extra"
     folder.mkdir()
     write(folder, dict(VALID, affected="not a specifier"))
-    assert catalog.write_folder_index(str(folder)).problems
+    assert catalog_files.write_folder_index(str(folder)).problems
     assert not (folder / catalog.FOLDER_INDEX).exists()

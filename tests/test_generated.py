@@ -10,7 +10,7 @@ import pytest
 import toy
 from helpers import REPO
 import gradfix
-from gradfix import _generate, catalog
+from gradfix import _generate, catalog, catalog_files
 
 
 def test_index_and_readme_table_are_current():
@@ -48,7 +48,7 @@ def fixture_index(tmp_path, monkeypatch):
 def test_index_is_used_while_files_match(fixture_index):
     origin, rows = catalog._from_index(str(fixture_index), catalog._toml_names(str(fixture_index)))
     entries = [origin.entry(row) for row in rows]
-    parsed = [catalog.load_file(f) for f in catalog._toml_files(str(fixture_index))]
+    parsed = [catalog_files.load_file(f) for f in catalog._toml_files(str(fixture_index))]
     assert [e.to_dict() for e in entries] == [e.to_dict() for e in parsed]
 
 

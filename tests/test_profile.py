@@ -5,7 +5,7 @@ import pytest
 from packaging.version import Version
 
 import toy
-from gradfix import catalog, config, profile
+from gradfix import catalog_files, config, profile
 from gradfix import __version__ as VERSION
 from toy import PATCH_ID, WORKLOAD
 
@@ -39,11 +39,11 @@ def test_parse_valid_bad_and_newer_values():
 
 
 def test_membership_follows_since_and_numerics_changed(tmp_path):
-    shipped = catalog.load_file(entry(tmp_path))  # since 0.1.0
+    shipped = catalog_files.load_file(entry(tmp_path))  # since 0.1.0
     assert profile.exclusion(shipped, None) is None
     assert profile.exclusion(shipped, Version("0.1.0")) is None
     assert "added in gradfix 0.1.0" in profile.exclusion(shipped, Version("0.0.9"))
-    changed = catalog.load_file(entry(tmp_path, numerics_changed='["0.3.0"]'))
+    changed = catalog_files.load_file(entry(tmp_path, numerics_changed='["0.3.0"]'))
     assert changed.numerics_changed == ("0.3.0",)
     assert "gradfix 0.3.0 changed what this patch computes" in profile.exclusion(changed, Version("0.2.0"))
     assert profile.exclusion(changed, Version("0.3.0")) is None
@@ -53,8 +53,8 @@ def test_membership_follows_since_and_numerics_changed(tmp_path):
                                          ('["banana"]', "PEP 440 version"),
                                          ('["0.1.0"]', "later than since")])
 def test_bad_numerics_changed_is_a_catalog_error(tmp_path, value, words):
-    with pytest.raises(catalog.CatalogError, match=words):
-        catalog.load_file(entry(tmp_path, numerics_changed=value))
+    with pytest.raises(catalog_files.CatalogError, match=words):
+        catalog_files.load_file(entry(tmp_path, numerics_changed=value))
 
 
 def test_patch_outside_the_profile_is_left_alone(run_python):

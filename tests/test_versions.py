@@ -51,3 +51,23 @@ def test_scan_stops_when_every_distribution_is_found_and_then_claims_no_module(t
     monkeypatch.setattr(sys, "path", sys.path + [str(tmp_path / "later")])
     found = versions.scan(["pytest"], ["folderpkg"])
     assert found.versions["pytest"] and found.searched == set() and "folderpkg" not in found.modules
+
+
+def test_a_distribution_installed_after_the_import_system_listed_its_folder_is_seen(tmp_path, monkeypatch):
+    """The scan reuses the import system's cached listing of a folder only while the
+    folder's modification time is the one recorded with it."""
+    import importlib
+    import time
+
+    folder = tmp_path / "site"
+    folder.mkdir()
+    (folder / "gradfix_early_module.py").write_text("")
+    monkeypatch.syspath_prepend(str(folder))
+    monkeypatch.delitem(sys.modules, "gradfix_early_module", raising=False)
+    importlib.import_module("gradfix_early_module")  # the folder's finder lists and caches it
+    assert versions.installed_version("gradfix-late") is None
+    time.sleep(0.05)  # a later timestamp than the cached listing's
+    metadata = folder / "gradfix_late-1.0.dist-info"
+    metadata.mkdir()
+    (metadata / "METADATA").write_text("Metadata-Version: 2.1\nName: gradfix-late\nVersion: 1.0\n\n")
+    assert versions.installed_version("gradfix-late") == "1.0"
