@@ -277,16 +277,19 @@ def _stamps(directory: str, names) -> dict:
 
 
 class _FolderIndex:
-    """A folder index file read at start-up: its head, and the rest decoded on first use."""
+    """A folder index file: start-up reads its head only; the rest is read on first use,
+    if the file is still the one whose head was read (its ``serial``)."""
 
     def __init__(self, directory: str):
-        with open(os.path.join(directory, FOLDER_INDEX), "rb") as handle:
-            self._data = handle.read()  # (marshal.load would read the file object piece by piece: slow)
-        size = int.from_bytes(self._data[:4], "little")
-        head = marshal.loads(memoryview(self._data)[4:4 + size])
+        self.directory = directory
+        self._path = os.path.join(directory, FOLDER_INDEX)
+        with open(self._path, "rb") as handle:
+            size = int.from_bytes(handle.read(4), "little")
+            head = marshal.loads(handle.read(size))  # (marshal.load would read piece by piece: slow)
         if head["format"] != _FOLDER_INDEX_FORMAT:
             raise ValueError(f"format {head['format']}")
-        self.rows, self.stamps, self._offset, self._rest = head["entries"], head["stamps"], 4 + size, None
+        self.rows, self.stamps, self._serial = head["entries"], head["stamps"], head["serial"]
+        self._offset, self._rest = 4 + size, None
 
     @property
     def names(self):
@@ -294,13 +297,25 @@ class _FolderIndex:
 
     def _decoded(self) -> dict:
         if self._rest is None:
-            self._rest = marshal.loads(memoryview(self._data)[self._offset:])
-            self._rest["entries"] = {fields["id"]: fields for fields in self._rest["entries"]}
-            self._data = None
+            self._rest = {"entries": {}, "fingerprints": {}}  # the index was rewritten since
+            try:
+                with open(self._path, "rb") as handle:
+                    handle.seek(self._offset)
+                    rest = marshal.loads(handle.read())
+                if rest["serial"] == self._serial:
+                    self._rest = {"entries": {fields["id"]: fields for fields in rest["entries"]},
+                                  "fingerprints": rest["fingerprints"]}
+            except (OSError, EOFError, ValueError, TypeError, KeyError):
+                pass
         return self._rest
 
     def fields(self, entry_id: str) -> dict:
-        return self._decoded()["entries"][entry_id]
+        fields = self._decoded()["entries"].get(entry_id)
+        if fields is None:  # the index was rewritten after start-up read its head: the file itself
+            from .catalog_files import load_file
+
+            fields = load_file(os.path.join(self.directory, entry_id + ".toml")).to_dict()
+        return fields
 
     def fingerprints(self) -> dict:
         return self._decoded()["fingerprints"]

@@ -158,9 +158,10 @@ def write_folder_index(directory: str, checked: bool = True) -> Catalog:
         names = _toml_names(directory)
         shared = {}  # one object per distinct string: marshal then writes repeats as references
         rows = [tuple(shared.setdefault(value, value) for value in entry.row) for entry in loaded.entries]
-        head = marshal.dumps({"format": _FOLDER_INDEX_FORMAT, "entries": rows,
+        serial = os.urandom(8)  # tells the rest of this file from a later index's
+        head = marshal.dumps({"format": _FOLDER_INDEX_FORMAT, "serial": serial, "entries": rows,
                               "stamps": _stamps(directory, names) if checked else None})
-        rest = marshal.dumps({"entries": [entry.to_dict() for entry in loaded.entries],
+        rest = marshal.dumps({"serial": serial, "entries": [entry.to_dict() for entry in loaded.entries],
                               "fingerprints": {name: fingerprint(os.path.join(directory, name)) for name in names}})
         partial = os.path.join(directory, FOLDER_INDEX + ".partial")
         with open(partial, "wb") as handle:

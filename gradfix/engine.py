@@ -122,11 +122,13 @@ def start() -> None:
     # neither installed nor importable is NOT_NEEDED whatever else its entry says: it is
     # settled from its catalog row, and its record is built only if asked for.
     plain = not (settings.killed or settings.disable_all or settings.disabled or settings.profile is not None)
+    implementations = {row[4] for _, rows in catalog.groups for row in rows}
+    absent_fixes = {name for name in implementations if _absent(name)} if plain else ()
     with REGISTRY.lock:
         for origin, rows in catalog.groups:
             deferred = REGISTRY.defer_absent(
-                origin, [row for row in rows if versions[row[1]] is None and _absent(row[4])]) if plain else ()
-            for row in rows:
+                origin, [row for row in rows if row[4] in absent_fixes and versions[row[1]] is None])
+            for row in rows if len(deferred) < len(rows) else ():
                 if row[0] not in deferred:
                     _evaluate(REGISTRY.record_for(origin.entry(row)), versions, settings)
         summary = REGISTRY.descriptions_by_state(report.describe)
@@ -155,18 +157,11 @@ def _evaluate(record, versions, settings) -> None:
         record.set(State.FAILED, f"{type(exc).__name__}: {exc}")
 
 
-_absent_targets = {}  # implementation -> whether the package it patches cannot be imported, this activation
-
-
 def _absent(implementation: str) -> bool:
-    """Whether the target package of a built-in fix module is not importable (no version
-    was found for its distribution either: the caller checked). False for an
-    implementation the index does not know: its entry goes through the full gate."""
-    absent = _absent_targets.get(implementation)
-    if absent is None:
-        target = catalog_module.known_target(implementation)
-        absent = _absent_targets[implementation] = bool(target) and not _importable(target.partition(".")[0])
-    return absent
+    """Whether the package a built-in fix module patches cannot be imported. False for
+    an implementation the index does not know: its entries go through the full gate."""
+    target = catalog_module.known_target(implementation)
+    return bool(target) and not _importable(target.partition(".")[0])
 
 
 _scan = Scan({}, set(), set(), True)  # what this activation's pass over sys.path found
@@ -183,7 +178,6 @@ def _scan_path(catalog) -> None:
     modules = {target.partition(".")[0] for target in targets if target}
     _scan = scan(packages, modules | {RAY})
     _found.clear()
-    _absent_targets.clear()
 
 
 def _importable(module_name: str) -> bool:

@@ -123,7 +123,9 @@ class Registry:
         (a re-activation evaluates them again); returns the ids deferred."""
         with self.lock:
             records = self._records
-            deferred = {row[0]: (origin, row) for row in rows if type(records.get(row[0], ())) is tuple}
+            deferred = {row[0]: (origin, row) for row in rows}
+            if not records.keys().isdisjoint(deferred):  # a re-activation
+                deferred = {key: value for key, value in deferred.items() if type(records.get(key, ())) is tuple}
             records.update(deferred)
             return deferred.keys()
 
