@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import List, Tuple
 
 from . import catalog as catalog_module
-from . import config, engine
+from . import applying, config
 from .registry import PatchStatus, State
 
 APPLIES = "applies"
@@ -39,6 +39,6 @@ def assess_catalog(
     catalog = catalog_module.load(settings.catalog_path)
     rows = []
     for entry in catalog.entries:
-        status = engine.assess(entry, settings)
+        status = applying.assess(entry, settings)
         rows.append((entry, status, verdict_of(status)))
     return catalog, rows

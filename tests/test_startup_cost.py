@@ -53,10 +53,10 @@ def test_an_installed_framework_is_armed_without_loading_its_fixes(run_python, t
 def test_a_stale_index_target_fails_the_patch_with_what_to_do(run_python):
     """A fix module that patches another module than the index says (an index not
     regenerated after a fix changed) is not applied on the index's word."""
-    check = ("from gradfix import catalog, engine\nfrom gradfix.registry import PatchRecord\n"
+    check = ("from gradfix import applying, catalog\nfrom gradfix.registry import PatchRecord\n"
              "entry = next(e for e in catalog.load().entries if e.id == 'ds-zero2-offload-ga')\n"
              "record = PatchRecord(entry)\nrecord.target = 'deepspeed.somewhere_else'\n"
-             "print('LOADED', engine._load_fix(record))\nprint('REASON', repr(record.reason))\n")
+             "print('LOADED', applying.load_fix(record))\nprint('REASON', repr(record.reason))\n")
     result = run_python(check, toy_release=None, catalogs=())
     assert result.value("LOADED") is False
     reason = result.value("REASON")
