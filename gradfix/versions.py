@@ -83,10 +83,8 @@ def scan(distributions, modules=()) -> Scan:
     """Versions of ``distributions`` (names, or a dict of names to their normalised
     forms, which the catalog's rows record) and which of the top-level ``modules`` a
     plain sys.path folder holds, in one pass over sys.path (a listing each)."""
-    if isinstance(distributions, dict):
-        wanted = {key: name for name, key in distributions.items()}
-    else:
-        wanted = {normalise(name): name for name in distributions}
+    keys = distributions if isinstance(distributions, dict) else {name: normalise(name) for name in distributions}
+    wanted = set(keys.values())  # two spellings of one name ("DeepSpeed", "deepspeed") share a key
     files = _module_files(modules) if modules else {}
     found, seen, searched, complete = {}, set(), set(modules), True
     for entry in sys.path:
@@ -112,7 +110,7 @@ def scan(distributions, modules=()) -> Scan:
         if len(found) == len(wanted):  # the modules matter only for distributions not found
             searched = set()  # the later folders were not listed
             break
-    return Scan({name: found.get(key) for key, name in wanted.items()}, seen, searched, complete)
+    return Scan({name: found.get(key) for name, key in keys.items()}, seen, searched, complete)
 
 
 def installed_versions(distributions) -> dict:

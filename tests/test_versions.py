@@ -71,3 +71,8 @@ def test_a_distribution_installed_after_the_import_system_listed_its_folder_is_s
     metadata.mkdir()
     (metadata / "METADATA").write_text("Metadata-Version: 2.1\nName: gradfix-late\nVersion: 1.0\n\n")
     assert versions.installed_version("gradfix-late") == "1.0"
+
+
+def test_every_spelling_of_a_name_gets_its_version():
+    found = versions.installed_versions(["pytest", "PyTest", "PYTEST"])
+    assert found["pytest"] and found["pytest"] == found["PyTest"] == found["PYTEST"]
