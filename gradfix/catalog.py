@@ -1,4 +1,5 @@
-"""Load and validate the catalog: one ``<id>.toml`` file per upstream bug.
+"""Load the catalog: one ``<id>.toml`` file per upstream bug (parsed and validated by
+gradfix.catalog_files).
 
 The built-in catalog is ``gradfix/_catalog`` in an installed wheel and
 ``patches/`` in a checkout (editable installs included). Every problem is reported
@@ -9,10 +10,10 @@ would cost more than the rest of ``import gradfix``. So the built-in catalog is
 also compiled (``python -m gradfix._generate``) into the block at the end of this
 module, each entry's row (the fields activation reads) and each file's size and
 CRC-32, with every field in ``gradfix/_catalog_entries.py``, read on first use. A
-wheel's catalog is installed with its index and trusted; a checkout's is used only
-while every file still matches its fingerprint, otherwise the TOML files are parsed
-and validated. An extra folder (GRADFIX_CATALOG_PATH) gets the same with ``gradfix
-index FOLDER``, which writes ``FOLDER/gradfix-index.marshal`` (see write_folder_index).
+wheel's catalog, installed with its index, is checked by file names; a checkout's is
+used only while every file still matches its fingerprint; otherwise the TOML files
+are parsed and validated. An extra folder (GRADFIX_CATALOG_PATH) gets the same with
+``gradfix index FOLDER``, which writes ``FOLDER/gradfix-index.marshal``.
 """
 
 import marshal
@@ -74,8 +75,8 @@ class CatalogEntry:
 
     @classmethod
     def indexed(cls, row: tuple, directory: str, texts):
-        """An entry of a folder index, from its row (see ``row``); ``texts(id)`` returns
-        all of its fields when first needed."""
+        """An entry of an index (the built-in one or a folder's), from its row (see
+        ``row``); ``texts(id)`` returns all of its fields when first needed."""
         entry = cls.__new__(cls)
         entry.id, entry.package, entry.affected, entry.fixed_in, entry.implementation = row[:5]
         entry._fields, entry._directory, entry._texts, entry._parsed = None, directory, texts, None
@@ -152,10 +153,11 @@ class CatalogProblem:
 
 class Catalog:
     """The loaded catalog: ``groups``, one (origin, rows) pair per catalog folder, a row
-    holding one entry's decision fields (id, package, affected, fixed_in, implementation,
-    normalised package name: CatalogEntry.row), all that activation reads; and ``problems``. ``entries`` builds the CatalogEntry
-    objects on first use, so a start-up that settles most entries from their rows (their
-    package is not installed) builds few of them."""
+    holding one entry's decision fields (CatalogEntry.row: id, package, affected,
+    fixed_in, implementation, normalised package name), all that activation reads; and
+    ``problems``. ``entries`` builds the CatalogEntry objects on first use, so a
+    start-up that settles most entries from their rows (their package is not installed)
+    builds few of them."""
 
     def __init__(self, groups, problems):
         self.groups = tuple(groups)
