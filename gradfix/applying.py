@@ -82,7 +82,7 @@ def on_target_imported(patch_id: str, module) -> None:
             status = record.snapshot()
         displaced = settle_displaced()  # another patcher may have replaced an earlier patch's code
         report.debug(f"gradfix: {patch_id} {status.state}: {status.reason}")
-        report.log_summary_of(engine.REGISTRY.descriptions_by_state(report.describe))
+        report.log_summary(engine.REGISTRY.descriptions_by_state(report.describe))
     except Exception as exc:  # a bug in gradfix itself must not break the import
         report.warning(f"gradfix: internal error while handling {patch_id}: {exc!r}")
         return

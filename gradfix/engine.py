@@ -116,14 +116,14 @@ def start() -> None:
         atexit.register(_at_exit)
         _atexit_registered = True
 
-    _scan_path(catalog)
+    implementations = {row[4] for _, rows in catalog.groups for row in rows}
+    _scan_path(catalog, implementations)
     _register_ray_hooks()
     versions = _scan.versions
     # Without GRADFIX_DISABLE, GRADFIX_PROFILE or GRADFIX=0, a patch whose package is
     # neither installed nor importable is NOT_NEEDED whatever else its entry says: it is
     # settled from its catalog row, and its record is built only if asked for.
     plain = not (settings.killed or settings.disable_all or settings.disabled or settings.profile is not None)
-    implementations = {row[4] for _, rows in catalog.groups for row in rows}
     absent_fixes = {name for name in implementations if _absent(name)} if plain else ()
     with REGISTRY.lock:
         for origin, rows in catalog.groups:
@@ -133,7 +133,7 @@ def start() -> None:
                 if row[0] not in deferred:
                     _evaluate(REGISTRY.record_for(origin.entry(row)), versions, settings)
         summary = REGISTRY.descriptions_by_state(report.describe)
-    report.log_summary_of(summary)
+    report.log_summary(summary)
     if settings.strict:
         if catalog.problems:
             raise GradfixStrictError(
@@ -169,13 +169,13 @@ _scan = Scan({}, set(), set(), True)  # what this activation's pass over sys.pat
 _found = {}  # top-level module -> importable, for one activation (every entry of a package asks)
 
 
-def _scan_path(catalog) -> None:
+def _scan_path(catalog, implementations) -> None:
     """One pass over sys.path for the activation: the catalog's (and Ray's) versions,
     and which target packages a sys.path folder holds without metadata (a checkout)."""
     global _scan
     packages = {row[1]: row[5] for _, rows in catalog.groups for row in rows}
     packages[RAY] = RAY
-    targets = map(catalog_module.known_target, {row[4] for _, rows in catalog.groups for row in rows})
+    targets = map(catalog_module.known_target, implementations)
     modules = {target.partition(".")[0] for target in targets if target}
     _scan = scan(packages, modules | {RAY})
     _found.clear()
@@ -328,7 +328,7 @@ def status():
 def _at_exit() -> None:
     try:
         _settle_displaced()
-        report.log_summary_of(REGISTRY.descriptions_by_state(report.describe), final=True)
+        report.log_summary(REGISTRY.descriptions_by_state(report.describe), final=True)
         report.log_evidence([record.snapshot() for record in REGISTRY.built_records()])
     except Exception:
         pass

@@ -135,33 +135,17 @@ def version_label() -> str:
     return f"gradfix {__version__}" + (f" (profile {_profile})" if _profile is not None else "")
 
 
-def describe_by_state(statuses) -> dict:
-    """{state: [description]} in the given order: what the summary line lists."""
-    by_state = {}
-    for status in statuses:
-        by_state.setdefault(status.state, []).append(describe(status))
-    return by_state
-
-
-def summary_line(statuses) -> str:
-    return summary_of(describe_by_state(statuses))
-
-
 def summary_of(by_state: dict) -> str:
+    """The summary line from {state: [describe(record)]} (Registry.descriptions_by_state)."""
     if not by_state:
         return f"{version_label()}{rank_label()}: active; the catalog has no patches"
     parts = [f"{label}: {', '.join(by_state[state])}" for state, label in _ORDER if state in by_state]
     return f"{version_label()}{rank_label()}: " + "; ".join(parts)
 
 
-def log_summary(statuses, *, final: bool = False) -> None:
-    """Log the summary once, when nothing is ARMED any more (or at exit: ``final``)."""
-    if not _summary_logged:
-        log_summary_of(describe_by_state(statuses), final=final)
-
-
-def log_summary_of(by_state: dict, *, final: bool = False) -> None:
-    """log_summary from descriptions already grouped by state (Registry.descriptions_by_state)."""
+def log_summary(by_state: dict, *, final: bool = False) -> None:
+    """Log the summary once, when nothing is ARMED any more (or at exit: ``final``), from
+    the descriptions grouped by state (Registry.descriptions_by_state)."""
     global _summary_logged
     if _summary_logged or (not final and State.ARMED in by_state):
         return
